@@ -1,0 +1,40 @@
+// The op registry: every fastlstm op schema is defined here and nowhere else. Device implementations live
+// in csrc/cpu/ and csrc/cuda/ (TORCH_LIBRARY_IMPL), fake (meta) implementations in fastlstm/ops.py.
+//
+// One op runs ONE layer in ONE direction over the whole sequence; Python stacks layers and directions.
+// Shapes (T steps, B batch, I input, H hidden, P = proj_size if proj_size > 0 else H):
+//   input [T, B, I] (time-major), h0 [B, P], c0 [B, H], w_ih [4H, I], w_hh [4H, P], b_ih/b_hh [4H],
+//   w_hr [P, H] (proj_size > 0 only), lengths int64 [B] on the input's device: element b is active at step t
+//   iff t < lengths[b] (padded PackedSequence; inactive steps keep the state and output zeros).
+//   reverse: run t = T-1 .. 0 instead of 0 .. T-1.
+// Saved for backward: gates [T, B, 4H] (activated i, f, g, o, input dtype) and cells [T, B, H] (every c_t,
+// float32 for half/bfloat16 inputs, else the input dtype).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An importable, empty module: importing fastlstm._C runs the static registrations below and in the
+// device files. No Python bindings are needed; the ops are reached through torch.ops.fastlstm.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastlstm, m) {
+  m.def(
+      "lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
+  m.def(
+      "lstm_inference(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
+  // grad_bias is the gradient of b_ih (== that of b_hh), [4H]; grad_w_hr is [P, H], or [0] without w_hr.
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, "
+      "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor? lengths, Tensor output, Tensor gates, "
+      "Tensor cells, bool reverse) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_bias, Tensor grad_w_hr)");
+}

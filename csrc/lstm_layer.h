@@ -1,0 +1,245 @@
+// One LSTM layer in one direction over a whole sequence, written once against ATen and shared by the CPU
+// and CUDA implementations. A device supplies only its two fused pointwise passes (`Backend`); the GEMMs go
+// through ATen (MKL/oneDNN on the CPU, cuBLAS on the GPU, on the current stream) and the step loop,
+// masking for packed sequences and the big weight-gradient GEMMs are here.
+//
+// Backend must provide (all tensors contiguous, on the device, B rows):
+//   forward_pointwise(gates [B,4H] scalar: pre-activations in, activated i,f,g,o out,
+//                     c_prev [B,H] acc, c_out [B,H] acc, h_out [B,H] scalar)
+//   backward_pointwise(gates [B,4H] scalar (activated), c [B,H] acc, c_prev [B,H] acc, dh [B,H] scalar,
+//                      dc_next [B,H] acc, dgates_out [B,4H] scalar, dc_prev_out [B,H] acc)
+// where acc is float32 for half/bfloat16 and the input dtype otherwise.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+namespace fastlstm {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+inline at::ScalarType acc_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+inline bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// Shape, dtype and device checks shared by every op. The module checks user input with nn.LSTM's own
+// messages before it gets here; these guard direct calls of torch.ops.fastlstm.*.
+inline void check_layer_args(const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                             const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                             const OptTensor& w_hr, const OptTensor& lengths) {
+  TORCH_CHECK(input.dim() == 3, "fastlstm: input must be [T, B, I], got ", input.sizes());
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "fastlstm: weights must be 2-D");
+  const int64_t B = input.size(1), I = input.size(2);
+  const int64_t G = w_ih.size(0);
+  TORCH_CHECK(G % 4 == 0 && G > 0, "fastlstm: w_ih must be [4H, I], got ", w_ih.sizes());
+  const int64_t H = G / 4;
+  const int64_t P = defined(w_hr) ? w_hr->size(0) : H;
+  TORCH_CHECK(w_ih.size(1) == I, "fastlstm: w_ih must be [4H, ", I, "], got ", w_ih.sizes());
+  TORCH_CHECK(w_hh.size(0) == G && w_hh.size(1) == P, "fastlstm: w_hh must be [", G, ", ", P, "], got ",
+              w_hh.sizes());
+  if (defined(w_hr)) {
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "fastlstm: w_hr must be [P, ", H, "], got ",
+                w_hr->sizes());
+  }
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == P, "fastlstm: h0 must be [", B, ", ", P,
+              "], got ", h0.sizes());
+  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H, "fastlstm: c0 must be [", B, ", ", H,
+              "], got ", c0.sizes());
+  for (const OptTensor& b : {b_ih, b_hh}) {
+    if (defined(b)) {
+      TORCH_CHECK(b->dim() == 1 && b->size(0) == G, "fastlstm: biases must be [", G, "], got ", b->sizes());
+    }
+  }
+  std::vector<Tensor> floats = {input, h0, c0, w_ih, w_hh};
+  for (const OptTensor& t : {b_ih, b_hh, w_hr}) {
+    if (defined(t)) floats.push_back(*t);
+  }
+  for (const Tensor& t : floats) {
+    TORCH_CHECK(t.scalar_type() == input.scalar_type(), "fastlstm: expected all tensors to be ",
+                input.scalar_type(), ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == input.device(), "fastlstm: expected all tensors on ", input.device(),
+                ", got one on ", t.device());
+  }
+  if (defined(lengths)) {
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "fastlstm: lengths must be [", B, "]");
+    TORCH_CHECK(lengths->scalar_type() == at::kLong, "fastlstm: lengths must be int64");
+    TORCH_CHECK(lengths->device() == input.device(), "fastlstm: lengths must be on ", input.device());
+  }
+}
+
+// [T, B] bool: element b active at step t.
+inline Tensor active_mask(const OptTensor& lengths, int64_t T) {
+  return at::arange(T, lengths->options()).unsqueeze(1) < lengths->unsqueeze(0);
+}
+
+// Both biases folded into one [4H] vector (added once, in the input-projection GEMM), or undefined.
+inline Tensor fold_bias(const OptTensor& b_ih, const OptTensor& b_hh) {
+  if (defined(b_ih) && defined(b_hh)) return at::add(*b_ih, *b_hh);
+  if (defined(b_ih)) return *b_ih;
+  if (defined(b_hh)) return *b_hh;
+  return Tensor();
+}
+
+// Returns (output [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], cells [T,B,H]); with training == false,
+// gates and cells are undefined and only two [B,H] cell buffers are used.
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& lengths,
+    bool reverse, bool training) {
+  check_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const int64_t H = w_ih.size(0) / 4;
+  const int64_t P = h0.size(1);
+  const bool proj = defined(w_hr);
+  const auto acc = acc_type(input.scalar_type());
+  const auto opts = input.options();
+
+  // 1. Input projection for all steps in one GEMM, both biases folded in. The result is then activated in
+  //    place step by step, so the same buffer ends up holding the gates that backward needs.
+  Tensor gates = at::empty({T, B, 4 * H}, opts);
+  if (T * B > 0) {
+    Tensor x2d = input.reshape({T * B, I});
+    Tensor g2d = gates.view({T * B, 4 * H});
+    Tensor bias = fold_bias(b_ih, b_hh);
+    if (bias.defined()) {
+      at::addmm_out(g2d, bias, x2d, w_ih.t());
+    } else {
+      at::mm_out(g2d, x2d, w_ih.t());
+    }
+  }
+
+  Tensor output = at::empty({T, B, P}, opts);
+  Tensor cells = at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc));
+  Tensor hraw = proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor mask = defined(lengths) ? active_mask(lengths, T).unsqueeze(-1) : Tensor();  // [T,B,1]
+  const Tensor w_hh_t = w_hh.t();
+
+  Tensor h_prev = h0.contiguous();
+  Tensor c_prev = c0.to(acc).contiguous();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    Tensor g_t = gates[t];
+    // 2. The recurrent GEMM accumulates into the step's slice of the projection, then one fused pass.
+    g_t.addmm_(h_prev, w_hh_t);
+    Tensor c_t = training ? cells[t] : cells[s % 2];
+    Tensor out_t = output[t];
+    Backend::forward_pointwise(g_t, c_prev, c_t, proj ? hraw : out_t);
+    if (proj) at::mm_out(out_t, hraw, w_hr->t());
+    if (mask.defined()) {
+      // Inactive elements keep their state and emit zeros, as a packed sequence would.
+      const Tensor m = mask[t];
+      c_t.copy_(at::where(m, c_t, c_prev));
+      Tensor h_state = at::where(m, out_t, h_prev);
+      out_t.masked_fill_(m.logical_not(), 0);
+      h_prev = h_state;
+    } else {
+      h_prev = out_t;
+    }
+    c_prev = c_t;
+  }
+  // Outputs of a custom op may not alias each other or the inputs: copy the final state out.
+  Tensor h_n = h_prev.clone();
+  Tensor c_n = c_prev.to(input.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  if (!training) return {output, h_n, c_n, Tensor(), Tensor()};
+  return {output, h_n, c_n, gates, cells};
+}
+
+// Returns (grad_input [T,B,I], grad_h0 [B,P], grad_c0 [B,H], grad_w_ih [4H,I], grad_w_hh [4H,P],
+// grad_bias [4H], grad_w_hr [P,H] or [0]).
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
+    const OptTensor& lengths, const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
+  check_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, lengths);
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const int64_t H = w_ih.size(0) / 4;
+  const int64_t P = h0.size(1);
+  const bool proj = defined(w_hr);
+  const auto dtype = input.scalar_type();
+  const auto acc = acc_type(dtype);
+  const auto opts = input.options();
+  TORCH_CHECK(grad_output.sizes() == output.sizes() && gates.size(0) == T && cells.size(0) == T,
+              "fastlstm: lstm_backward got tensors of inconsistent shapes");
+
+  Tensor gout = grad_output.contiguous();
+  Tensor dgates = at::empty({T, B, 4 * H}, opts);
+  Tensor mask = defined(lengths) ? active_mask(lengths, T).unsqueeze(-1) : Tensor();  // [T,B,1]
+  // The unprojected hidden states, needed only for grad_w_hr: recomputed from the saved gates and cells.
+  Tensor hraw_all, dh_all;
+  if (proj) {
+    hraw_all = (gates.narrow(2, 3 * H, H) * cells.tanh()).to(dtype);
+    dh_all = at::empty({T, B, P}, opts);
+  }
+  Tensor dhraw = proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor c0_acc = c0.to(acc).contiguous();
+
+  Tensor dh = grad_h_n.contiguous();
+  Tensor dc = grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  Tensor dc_prev = at::empty({B, H}, opts.dtype(acc));
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    Tensor dh_t = at::add(dh, gout[t]);
+    if (proj) {
+      dh_all[t].copy_(dh_t);
+      at::mm_out(dhraw, dh_t, *w_hr);
+    }
+    const Tensor c_prev = s > 0 ? cells[reverse ? t + 1 : t - 1] : c0_acc;
+    Tensor dg_t = dgates[t];
+    Backend::backward_pointwise(gates[t], cells[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
+    if (mask.defined()) {
+      const Tensor m = mask[t];
+      dg_t.masked_fill_(m.logical_not(), 0);
+      dc_prev.copy_(at::where(m, dc_prev, dc));
+      dh = at::where(m, at::mm(dg_t, w_hh), dh_t);
+    } else {
+      dh = at::mm(dg_t, w_hh);
+    }
+    std::swap(dc, dc_prev);
+  }
+
+  // 3. Everything that does not feed the recurrence: a few GEMMs over all steps at once.
+  Tensor dg2 = dgates.view({T * B, 4 * H});
+  Tensor grad_input = at::mm(dg2, w_ih).view({T, B, I});
+  Tensor grad_w_ih = at::mm(dg2.t(), input.reshape({T * B, I}));
+  // The state each step started from: the previous step's output, or h0 where there was none (the first
+  // step, or in a reversed packed sequence the step after the element's end).
+  Tensor h_prev_all = at::empty({T, B, P}, opts);
+  if (T > 0) {
+    const Tensor first = reverse ? h_prev_all[T - 1] : h_prev_all[0];
+    first.copy_(h0);
+    if (T > 1) {
+      if (reverse) {
+        h_prev_all.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
+      } else {
+        h_prev_all.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
+      }
+      if (mask.defined()) {
+        Tensor prev_active = at::zeros_like(mask);
+        if (reverse) {
+          prev_active.narrow(0, 0, T - 1).copy_(mask.narrow(0, 1, T - 1));
+        } else {
+          prev_active.narrow(0, 1, T - 1).copy_(mask.narrow(0, 0, T - 1));
+        }
+        h_prev_all = at::where(prev_active, h_prev_all, h0.unsqueeze(0));
+      }
+    }
+  }
+  Tensor grad_w_hh = at::mm(dg2.t(), h_prev_all.view({T * B, P}));
+  Tensor grad_bias = at::sum(dg2, {0}, /*keepdim=*/false, acc).to(dtype);
+  // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.
+  if (proj && mask.defined()) dh_all.masked_fill_(mask.logical_not(), 0);
+  Tensor grad_w_hr = proj ? at::mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}))
+                          : at::empty({0}, opts);
+  Tensor grad_h0 = dh.clone();
+  Tensor grad_c0 = dc.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+  return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr};
+}
+
+}  // namespace fastlstm

@@ -1,0 +1,21 @@
+"""fastlstm: fused LSTM kernels for PyTorch, and FastLSTM, a drop-in replacement for torch.nn.LSTM.
+
+Importing compiles nothing: the kernels are built once, at install time (setup.py).
+"""
+import torch  # noqa: F401  (loads libtorch before our extension)
+
+try:
+    from . import _C  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "fastlstm's compiled extension (fastlstm._C) could not be loaded. Install the package with "
+        "`pip install --no-build-isolation .` from the source tree, against the torch you run with "
+        f"(torch {torch.__version__} here). Original error: {e}") from e
+
+from . import ops  # noqa: E402,F401  (registers the fake kernels)
+from .functional import lstm  # noqa: E402
+from .modules import FastLSTM, convert, has_kernels  # noqa: E402
+from .ops import lstm_layer  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["FastLSTM", "convert", "lstm", "lstm_layer", "has_kernels"]

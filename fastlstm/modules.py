@@ -1,0 +1,199 @@
+"""FastLSTM: torch.nn.LSTM with its forward running on fastlstm's fused kernels."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import functional
+
+_warned: set = set()
+
+
+def _warn_once(key, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def has_kernels(device_type: str) -> bool:
+    """Whether fastlstm._C was built with kernels for this device type ("cpu", "cuda")."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("fastlstm::lstm_forward", key)
+
+
+_HAS = {dev: has_kernels(dev) for dev in ("cpu", "cuda")}
+
+
+def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
+    # batch_sizes[t] = number of sequences longer than t (sorted, decreasing) -> length of each sequence.
+    B = int(batch_sizes[0])
+    return (batch_sizes.unsqueeze(1) > torch.arange(B)).sum(0)
+
+
+class FastLSTM(nn.LSTM):
+    r"""A drop-in replacement for :class:`torch.nn.LSTM` backed by fused kernels.
+
+    Same constructor, parameters (names, shapes, initialisation), state_dict, checks and error messages as
+    nn.LSTM, which it subclasses; only ``forward`` differs. Input and output shapes are nn.LSTM's:
+    input [T, B, I] (or [B, T, I] with batch_first, [T, I] unbatched, or a PackedSequence);
+    hx = (h_0 [L*D, B, P], c_0 [L*D, B, H]); returns (output [T, B, D*P], (h_n, c_n)).
+    Unlike cuDNN's nn.LSTM, backward also works in eval mode.
+    """
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM) -> "FastLSTM":
+        """A FastLSTM with the same configuration, device, dtype and weights (copied) as ``lstm``."""
+        p = lstm.weight_ih_l0
+        m = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
+                float(lstm.dropout), lstm.bidirectional, lstm.proj_size, device=p.device, dtype=p.dtype)
+        m.load_state_dict(lstm.state_dict())
+        m.train(lstm.training)
+        return m
+
+    def _layer_params(self):
+        D = 2 if self.bidirectional else 1
+        params = []
+        for layer in range(self.num_layers):
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                params.append((
+                    getattr(self, "weight_ih" + sfx),
+                    getattr(self, "weight_hh" + sfx),
+                    getattr(self, "bias_ih" + sfx) if self.bias else None,
+                    getattr(self, "bias_hh" + sfx) if self.bias else None,
+                    getattr(self, "weight_hr" + sfx) if self.proj_size > 0 else None,
+                ))
+        return params
+
+    def _supported(self, input: Tensor) -> bool:
+        dev = input.device.type
+        if not _HAS.get(dev, False):
+            _warn_once(("device", dev), f"fastlstm has no kernels for device '{dev}' in this build; "
+                       "FastLSTM runs torch.nn.LSTM's implementation there (slower path, same results).")
+            return False
+        if dev == "cpu" and input.dtype not in _CPU_DTYPES:
+            return False
+        return True
+
+    def _check_devices(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> None:
+        # nn.LSTM's own messages (aten/src/ATen/native/RNN.cpp).
+        for p in self._flat_weights:
+            if p is not None and p.device != input.device:
+                raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor "
+                                   f"at {input.device} and parameter tensor at {p.device}")
+        for h in hx:
+            if h.device != input.device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor "
+                                   f"at {input.device} and hidden tensor at {h.device}")
+            if h.dtype != input.dtype:
+                raise RuntimeError("Input and hidden tensors are not the same dtype, found input tensor with "
+                                   f"{_c10_name(input.dtype)} and hidden tensor with {_c10_name(h.dtype)}")
+
+    def forward(self, input, hx=None):  # noqa: C901  (mirrors nn.LSTM.forward step by step)
+        self._update_flat_weights()
+        orig_input = input
+        batch_sizes = None
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+            if hx is None:
+                hx = self._zeros(input, max_batch_size, num_directions, real_hidden_size)
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
+            if hx is None:
+                hx = self._zeros(input, max_batch_size, num_directions, real_hidden_size)
+                self.check_forward_args(input, hx, batch_sizes)
+            else:
+                if is_batched:
+                    if hx[0].dim() != 3 or hx[1].dim() != 3:
+                        raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
+                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                else:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+                self.check_forward_args(input, hx, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
+
+        self._check_devices(input, hx)
+        if not self._supported(input):
+            return self._fallback(orig_input, hx, unsorted_indices)
+
+        if batch_sizes is not None:
+            if input.size(0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            lengths = _lengths_from_batch_sizes(batch_sizes)
+            padded, _ = pad_packed_sequence(PackedSequence(input, batch_sizes), batch_first=False)
+            out, h_n, c_n = self._run(padded, hx, lengths.to(input.device))
+            output = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden((h_n, c_n), unsorted_indices))
+
+        x = input.transpose(0, 1) if self.batch_first else input
+        if x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        out, h_n, c_n = self._run(x, hx, None)
+        output = out.transpose(0, 1) if self.batch_first else out
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, self.permute_hidden((h_n, c_n), unsorted_indices)
+
+    def _zeros(self, input, batch, num_directions, real_hidden_size):
+        shape = (self.num_layers * num_directions, batch)
+        return (torch.zeros(*shape, real_hidden_size, dtype=input.dtype, device=input.device),
+                torch.zeros(*shape, self.hidden_size, dtype=input.dtype, device=input.device))
+
+    def _run(self, x, hx, lengths):
+        return functional.lstm(x, hx[0], hx[1], self._layer_params(), self.num_layers, self.bidirectional,
+                               float(self.dropout), self.training, lengths)
+
+    def _fallback(self, orig_input, hx, unsorted_indices):
+        # hx here is already batched and permuted into sorted order; undo that for nn.LSTM.forward.
+        if isinstance(orig_input, PackedSequence):
+            hx = self.permute_hidden(hx, unsorted_indices)
+        elif orig_input.dim() == 2:
+            hx = (hx[0].squeeze(1), hx[1].squeeze(1))
+        return super().forward(orig_input, hx)
+
+
+def _c10_name(dtype: torch.dtype) -> str:
+    # c10's ScalarType names, as nn.LSTM's C++ messages print them.
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+            torch.bfloat16: "BFloat16"}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every torch.nn.LSTM inside ``model`` with a FastLSTM, in place, and return ``model``.
+
+    Each torch.nn.LSTM submodule becomes a FastLSTM with the same weights, device, dtype and train/eval
+    mode. Returns the model; if ``model`` is itself an nn.LSTM, the returned FastLSTM replaces it.
+    """
+    if type(model) is nn.LSTM:
+        return FastLSTM.from_lstm(model)
+    for name, child in list(model.named_children()):
+        if type(child) is nn.LSTM:
+            setattr(model, name, FastLSTM.from_lstm(child))
+        else:
+            convert(child)
+    return model

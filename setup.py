@@ -1,0 +1,75 @@
+"""Build fastlstm._C: the C++ CPU kernels always, the CUDA kernels when they can be built.
+
+CUDA is built when torch is a CUDA build and a CUDA toolkit is found (not when a GPU happens to be
+present, so a GPU-less build host with a CUDA torch still builds the kernels). Overrides:
+FASTLSTM_FORCE_CUDA=1, FASTLSTM_SKIP_CUDA=1. torch's own TORCH_CUDA_ARCH_LIST, MAX_JOBS and DEBUG=1 are
+honoured. Install with `pip install --no-build-isolation .` so that pip uses the torch already installed.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+import torch
+from packaging.version import Version
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+MIN_TORCH = Version("2.4")
+if Version(torch.__version__.split("+")[0]) < MIN_TORCH:
+    raise RuntimeError(f"fastlstm needs torch >= {MIN_TORCH}, found {torch.__version__}")
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def want_cuda():
+    if _flag("FASTLSTM_SKIP_CUDA"):
+        return False
+    if _flag("FASTLSTM_FORCE_CUDA"):
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+debug = _flag("DEBUG")
+cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+cxx_flags += ["-std=c++17"]
+sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+extra = {"cxx": cxx_flags}
+define_macros = []
+
+if want_cuda():
+    sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + [
+        "--use_fast_math" if _flag("FASTLSTM_FAST_MATH") else "-DFASTLSTM_PRECISE_MATH",
+        "-std=c++17",
+    ]
+    ext = CUDAExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros)
+else:
+    ext = CppExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros)
+
+setup(
+    name="fastlstm",
+    version="0.1.0",
+    description="Fused LSTM kernels for PyTorch: a drop-in replacement for torch.nn.LSTM",
+    packages=find_packages(include=["fastlstm", "fastlstm.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    # torch is deliberately not in install_requires: a resolver would otherwise be free to pull a different
+    # (multi-GB CUDA) build over the one the extension is compiled against. See README.
+    install_requires=["packaging"],
+    extras_require={"bench": ["matplotlib", "tqdm"], "charrnn": ["tqdm", "matplotlib"], "test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "fastlstm-bench=fastlstm.bench:main",
+            "fastlstm-charrnn=fastlstm.charrnn.__main__:main",
+        ]
+    },
+)
