@@ -1,0 +1,88 @@
+"""The lesson's CharRNN: one-hot characters -> stacked recurrent layers -> dropout -> Linear -> logits.
+
+The recurrent layers come from ``make_rnn`` (a small factory keyed by cell type and backend), so a new
+cell (gru, peephole, ...) is one entry in ``CELLS``; everything else, training included, is unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..modules import FastLSTM
+
+BACKENDS = ("fastlstm", "torch")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """How to build one kind of recurrent stack.
+
+    build(backend, input_size, hidden_size, num_layers, dropout) -> a module with nn.LSTM's calling
+    convention: time-major input [T, B, I] and a state -> (output [T, B, H], new state). n_states is how
+    many [num_layers, B, H] tensors the state has: 2 means an (h, c) tuple (LSTM), 1 a single tensor (GRU).
+    """
+    build: Callable[..., nn.Module]
+    n_states: int
+
+
+def _lstm(backend: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    # FastLSTM subclasses nn.LSTM: same constructor, parameter names and initialisation, so for one seed
+    # both backends start from the same weights and their state_dicts are interchangeable.
+    cls = {"fastlstm": FastLSTM, "torch": nn.LSTM}[backend]
+    return cls(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+
+
+CELLS: dict[str, Cell] = {
+    "lstm": Cell(build=_lstm, n_states=2),
+}
+
+
+def make_rnn(cell: str, backend: str, input_size: int, hidden_size: int, num_layers: int,
+             dropout: float) -> tuple[nn.Module, Cell]:
+    """The recurrent stack for ``cell`` on ``backend`` (see Cell for its interface), and its Cell."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose from {sorted(CELLS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    spec = CELLS[cell]
+    return spec.build(backend, input_size, hidden_size, num_layers, dropout), spec
+
+
+State = tuple[Tensor, ...]
+
+
+class CharRNN(nn.Module):
+    """Next-character model. forward(x int64 [T, B], state) -> (logits [T, B, V], new state).
+
+    The state is a tuple of ``n_states`` tensors [num_layers, B, hidden] (for an LSTM: (h, c)). Dropout
+    sits between recurrent layers (inside the stack) and before the output layer.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int = 512, num_layers: int = 2, dropout: float = 0.5,
+                 backend: str = "fastlstm", cell: str = "lstm"):
+        super().__init__()
+        self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
+        self.rnn, self.cell = make_rnn(cell, backend, vocab_size, hidden_size, num_layers, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> State:
+        """Zeros: n_states tensors [num_layers, batch_size, hidden]."""
+        return tuple(torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
+                     for _ in range(self.cell.n_states))
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        p = self.fc.weight
+        onehot = F.one_hot(x, self.vocab_size).to(p.dtype)
+        out, new = self.rnn(onehot, state if self.cell.n_states > 1 else state[0])
+        new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
+        return self.fc(self.dropout(out)), new
+
+
+def detach(state: State) -> State:
+    """The same state cut from the graph: truncated backpropagation through time."""
+    return tuple(s.detach() for s in state)

@@ -1,0 +1,78 @@
+"""Generating text from a trained checkpoint, one character at a time.
+
+How the next character is drawn from the logits z [V] (see ``probabilities``):
+  temperature T > 0: p = softmax(z / T). T = 1 is the model's own distribution; T < 1 sharpens it
+                     (T -> 0 approaches greedy argmax), T > 1 flattens it (T -> inf approaches uniform).
+  temperature 0:     greedy: always the most likely character.
+  top-k K > 0:       only the K most likely characters keep probability (renormalised); K = 1 is greedy
+                     whatever the temperature and seed; K = 0 (or K >= V) keeps all.
+The same checkpoint, prime, options and seed give the same text.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .data import Vocab
+from .model import CharRNN
+from .train import load_checkpoint
+
+
+def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = None) -> tuple[CharRNN, Vocab]:
+    """(model in eval mode on ``device``, vocab) from a checkpoint file or an output directory.
+    ``backend`` overrides the one trained with (the weights are interchangeable)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt["config"]
+    vocab = Vocab(ckpt["vocab"])
+    model = CharRNN(len(vocab), cfg["hidden"], cfg["layers"], cfg["dropout"], backend or cfg["backend"],
+                    cfg.get("cell", "lstm"))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), vocab
+
+
+def probabilities(logits: Tensor, temperature: float = 1.0, top_k: int = 0) -> Tensor:
+    """Next-character probabilities [V] (float64) from logits [V], as described in the module docstring."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    z = logits.detach().to(torch.float64).flatten()
+    if temperature == 0 or top_k == 1:
+        p = torch.zeros_like(z)
+        p[z.argmax()] = 1.0
+        return p
+    z = z / temperature
+    if 0 < top_k < z.numel():
+        kth = z.topk(top_k).values[-1]
+        z = z.masked_fill(z < kth, float("-inf"))
+    return torch.softmax(z, 0)
+
+
+@torch.no_grad()
+def sample(model: CharRNN, vocab: Vocab, prime: str = "Anna", length: int = 1000, temperature: float = 1.0,
+           top_k: int = 5, seed: Optional[int] = None) -> str:
+    """``prime`` followed by ``length`` generated characters. The prime (non-empty, every character in
+    the vocabulary) is read in one pass to set the state; then each character is drawn from
+    ``probabilities`` and fed back. ``seed`` fixes the draws (None: fresh randomness)."""
+    if not prime:
+        raise ValueError("prime must be at least one character")
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    dev = next(model.parameters()).device
+    model.eval()
+    state = model.init_state(1, dev)
+    logits, state = model(vocab.encode(prime).view(-1, 1).to(dev), state)
+    out = []
+    for _ in range(length):
+        p = probabilities(logits[-1, 0].cpu(), temperature, top_k)
+        c = int(torch.multinomial(p, 1, generator=g))
+        out.append(c)
+        logits, state = model(torch.tensor([[c]], device=dev), state)
+    return prime + vocab.decode(out)

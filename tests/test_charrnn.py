@@ -1,0 +1,268 @@
+"""fastlstm.charrnn: batching, state carry, training, exact resume, sampling, torchrun (gloo)."""
+import csv
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TOL
+from fastlstm.charrnn import (CharRNN, Vocab, batch_rows, get_batches, load_checkpoint, load_model,
+                              probabilities, sample)
+from fastlstm.charrnn.__main__ import main
+from fastlstm.charrnn.data import IGNORE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_anna():
+    """anna.txt: $FASTLSTM_DATA (the file, or a folder holding it), else shared/data/anna.txt beside the
+    repository or any folder above it (CI clones the repository next to shared/)."""
+    env = os.environ.get("FASTLSTM_DATA")
+    if env:
+        p = Path(env)
+        return p / "anna.txt" if p.is_dir() else p
+    for d in [REPO, *REPO.parents]:
+        p = d / "shared" / "data" / "anna.txt"
+        if p.is_file():
+            return p
+    return None
+
+
+ANNA = _find_anna()
+needs_anna = pytest.mark.skipif(ANNA is None or not ANNA.is_file(),
+                                reason="anna.txt not found: set FASTLSTM_DATA or put it at ../shared/data/anna.txt")
+
+
+def _slice(tmp_path, n_chars, name="text.txt"):
+    """The first n_chars characters of anna.txt (newlines normalised) as a file in tmp_path."""
+    text = open(ANNA, encoding="utf-8").read()[:n_chars]
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+def _log(out):
+    with open(os.path.join(out, "log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # Training runs here pass --threads 1 (tiny models gain nothing from more, and on a loaded machine
+    # OpenMP threads waiting on each other cost seconds); give the rest of the session its threads back.
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+# --- batching ---------------------------------------------------------------------------------------------
+
+def test_batching_issue_example():
+    seq = torch.arange(1, 13)
+    batches = list(get_batches(seq, batch_size=2, seq_length=3))
+    assert [x.tolist() for x, _ in batches] == [[[1, 2, 3], [7, 8, 9]], [[4, 5, 6], [10, 11, 12]]]
+    # Targets: the next character in the text; 12 has none, so its target is ignored by the loss.
+    assert [y.tolist() for _, y in batches] == [[[2, 3, 4], [8, 9, 10]], [[5, 6, 7], [11, 12, IGNORE]]]
+
+
+def test_batching_targets_shift_and_leftover():
+    seq = torch.arange(1, 16)  # 15 = 2 batches of 2x3, 3 left over; 13 is the target of 12
+    x, y = batch_rows(seq, 2, 3)
+    assert x.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    assert y.tolist() == [[2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    assert [b[0].tolist() for b in get_batches(seq, 2, 3, start=1)] == [[[4, 5, 6], [10, 11, 12]]]
+    with pytest.raises(ValueError, match="too short"):
+        batch_rows(torch.arange(5), 2, 3)
+
+
+def test_vocab_roundtrip_and_unknown_char():
+    v = Vocab.from_text("hello world")
+    assert v.chars == sorted(set("hello world"))
+    assert v.decode(v.encode("world hello")) == "world hello"
+    with pytest.raises(KeyError, match="'z'"):  # the first unknown one
+        v.encode("oz")
+
+
+# --- state carry ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["fastlstm", "torch"])
+def test_state_carry_chunked_equals_whole(backend):
+    torch.manual_seed(0)
+    model = CharRNN(11, hidden_size=16, num_layers=2, dropout=0.5, backend=backend).double().eval()
+    x = torch.randint(0, 11, (23, 3))
+    whole, (h, c) = model(x, model.init_state(3, dtype=torch.float64))
+    state = model.init_state(3, dtype=torch.float64)
+    outs = []
+    for chunk in (x[:9], x[9:10], x[10:]):
+        o, state = model(chunk, state)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs), whole, **TOL[torch.float64])
+    torch.testing.assert_close(state[0], h, **TOL[torch.float64])
+    torch.testing.assert_close(state[1], c, **TOL[torch.float64])
+
+
+def test_backends_start_from_same_weights():
+    torch.manual_seed(3)
+    a = CharRNN(7, 8, 2, 0.5, backend="fastlstm").state_dict()
+    torch.manual_seed(3)
+    b = CharRNN(7, 8, 2, 0.5, backend="torch").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+@needs_anna
+@pytest.mark.slow
+def test_short_run_lowers_val_loss(tmp_path):
+    text = _slice(tmp_path, 300_000)
+    out = str(tmp_path / "run")
+    assert main(["train", "--text", text, "--out", out, "--hidden", "64", "--layers", "1", "--dropout", "0",
+                 "--batch-size", "16", "--seq-length", "50", "--lr", "1e-2", "--epochs", "1",
+                 "--max-steps", "150", "--val-every", "75", "--seed", "1", "--threads", "1"]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    start = math.log(m["vocab_size"])
+    first = float(_log(out)[0]["loss"])
+    assert abs(first - start) < 0.3, (first, start)  # an untrained model is near uniform: ln V nats/char
+    assert m["steps"] == 150 and m["val_loss"] < 2.6, m  # ln 83 = 4.42; unigram statistics alone ~3.1
+    assert m["train_loss"] is not None and m["seconds"] > 0
+    vals = [float(r["loss"]) for r in _log(out) if r["split"] == "val"]
+    assert len(vals) == 2 and vals[1] < vals[0]
+    assert os.path.getsize(os.path.join(out, "loss.png")) > 0
+    assert glob.glob(os.path.join(out, "*.tmp*")) == []
+
+
+def _tiny(text, out, *extra):
+    return ["train", "--text", text, "--out", out, "--hidden", "24", "--layers", "2", "--dropout", "0.3",
+            "--batch-size", "6", "--seq-length", "20", "--val-frac", "0.2", "--epochs", "2", "--seed", "5",
+            "--val-every", "4", "--threads", "1", *extra]
+
+
+@needs_anna
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["fastlstm", "torch"])
+def test_resume_is_bit_exact(tmp_path, backend):
+    text = _slice(tmp_path, 3_000)  # 2400 train chars -> 20 steps per epoch
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    assert main(_tiny(text, full, "--backend", backend)) == 0
+    # Interrupted mid-epoch (step 27 of 40, not on a validation/checkpoint boundary), then resumed.
+    assert main(_tiny(text, part, "--backend", backend, "--max-steps", "27")) == 0
+    assert load_checkpoint(part)["position"]["step"] == 27
+    assert main(_tiny(text, part, "--backend", backend, "--resume")) == 0
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert a["position"]["step"] == b["position"]["step"] == 40
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    train_a = [r["loss"] for r in _log(full) if r["split"] == "train"]
+    train_b = [r["loss"] for r in _log(part) if r["split"] == "train"]
+    assert train_a == train_b and len(train_a) == 40
+    assert json.load(open(os.path.join(full, "metrics.json")))["val_loss"] == \
+        json.load(open(os.path.join(part, "metrics.json")))["val_loss"]
+
+
+@needs_anna
+def test_resume_refuses_a_changed_configuration(tmp_path):
+    text = _slice(tmp_path, 3_000)
+    out = str(tmp_path / "run")
+    assert main(_tiny(text, out, "--max-steps", "1")) == 0
+    with pytest.raises(SystemExit, match="--hidden 32 differs"):
+        main(_tiny(text, out, "--resume", "--hidden", "32"))
+
+
+# --- sampling ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    if ANNA is None or not ANNA.is_file():
+        pytest.skip("anna.txt not found: set FASTLSTM_DATA or put it at ../shared/data/anna.txt")
+    d = tmp_path_factory.mktemp("charrnn_sample")
+    text = _slice(d, 20_000)
+    out = str(d / "run")
+    assert main(["train", "--text", text, "--out", out, "--hidden", "32", "--layers", "1", "--dropout", "0",
+                 "--batch-size", "8", "--seq-length", "25", "--lr", "1e-2", "--epochs", "1", "--seed", "2",
+                 "--threads", "1"]) == 0
+    return out
+
+
+def test_sampling_is_reproducible_by_seed(trained, capsys):
+    model, vocab = load_model(trained)
+    a = sample(model, vocab, "Anna", 200, temperature=1.0, top_k=0, seed=7)
+    b = sample(model, vocab, "Anna", 200, temperature=1.0, top_k=0, seed=7)
+    c = sample(model, vocab, "Anna", 200, temperature=1.0, top_k=0, seed=8)
+    assert a == b and a != c and a.startswith("Anna") and len(a) == 204
+    argv = ["sample", "--checkpoint", trained, "--prime", "The", "--length", "80", "--seed", "3"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first and first.startswith("The") and len(first) == 3 + 80 + 1
+
+
+def test_greedy_limits(trained):
+    model, vocab = load_model(trained)
+    greedy = sample(model, vocab, "Anna", 100, temperature=0, top_k=0, seed=1)
+    # top-k 1 is greedy whatever the seed and temperature; temperature -> 0 approaches greedy.
+    assert sample(model, vocab, "Anna", 100, temperature=1.0, top_k=1, seed=1) == greedy
+    assert sample(model, vocab, "Anna", 100, temperature=3.0, top_k=1, seed=2) == greedy
+    assert sample(model, vocab, "Anna", 100, temperature=1e-4, top_k=0, seed=3) == greedy
+    # The other backend gives the same greedy text from the same weights.
+    m2, _ = load_model(trained, backend="torch")
+    assert sample(m2, vocab, "Anna", 100, temperature=0, top_k=0) == greedy
+
+
+def test_probabilities_temperature_and_top_k():
+    torch.manual_seed(0)
+    z = torch.randn(30)
+    torch.testing.assert_close(probabilities(z), torch.softmax(z.double(), 0))
+    torch.testing.assert_close(probabilities(z, temperature=0.5), torch.softmax(2 * z.double(), 0))
+    ent = [float(-(p * p.clamp_min(1e-300).log()).sum())
+           for p in (probabilities(z, t) for t in (0.25, 0.5, 1.0, 2.0, 4.0))]
+    assert all(a < b for a, b in zip(ent, ent[1:]))  # higher temperature, flatter distribution
+    assert ent[-1] < math.log(30) and float(probabilities(z, 1e6).max()) < 1 / 30 + 1e-5
+    p = probabilities(z, 1.0, top_k=4)
+    top = set(z.topk(4).indices.tolist())
+    assert set(p.nonzero().flatten().tolist()) == top
+    torch.testing.assert_close(p[list(top)], torch.softmax(z[list(top)].double(), 0))
+    one = probabilities(z, 2.0, top_k=1)
+    assert one[z.argmax()] == 1 and one.sum() == 1
+    torch.testing.assert_close(probabilities(z, 1.0, top_k=30), probabilities(z))
+    with pytest.raises(ValueError, match="temperature"):
+        probabilities(z, -1.0)
+
+
+# --- many processes ---------------------------------------------------------------------------------------
+
+@needs_anna
+@pytest.mark.slow
+def test_torchrun_gloo_two_processes(tmp_path):
+    text = _slice(tmp_path, 3_000)
+    ddp, one = str(tmp_path / "ddp"), str(tmp_path / "one")
+    args = ["--text", text, "--hidden", "24", "--layers", "2", "--dropout", "0", "--batch-size", "6",
+            "--seq-length", "20", "--val-frac", "0.2", "--max-steps", "8", "--seed", "4"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "fastlstm.charrnn", "train", "--out", ddp, "--threads", "1", *args],
+                       env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = sorted(os.listdir(ddp))
+    assert files == ["checkpoint.pt", "log.csv", "loss.png", "metrics.json"], files
+    m = json.load(open(os.path.join(ddp, "metrics.json")))
+    assert m["world_size"] == 2 and m["steps"] == 8
+    ck = load_checkpoint(ddp)
+    assert ck["position"]["state"][0].shape == (2, 6, 24)  # both processes' 3 rows, gathered
+    assert len(ck["position"]["rng"]) == 2
+    # Without dropout, 2 processes x 3 rows follow the same trajectory as 1 process x 6 rows.
+    assert main(["train", "--out", one, "--threads", "1", *args]) == 0
+    l_ddp = [float(r["loss"]) for r in _log(ddp) if r["split"] == "train"]
+    l_one = [float(r["loss"]) for r in _log(one) if r["split"] == "train"]
+    assert l_ddp == pytest.approx(l_one, rel=1e-4, abs=1e-5)
