@@ -35,8 +35,8 @@ def _find_anna():
 
 
 ANNA = _find_anna()
-needs_anna = pytest.mark.skipif(ANNA is None or not ANNA.is_file(),
-                                reason="anna.txt not found: set FASTLSTM_DATA or put it at ../shared/data/anna.txt")
+NO_ANNA = "anna.txt not found: set FASTLSTM_DATA or put it at ../shared/data/anna.txt"
+needs_anna = pytest.mark.skipif(ANNA is None or not ANNA.is_file(), reason=NO_ANNA)
 
 
 def _slice(tmp_path, n_chars, name="text.txt"):
@@ -186,7 +186,7 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     if ANNA is None or not ANNA.is_file():
-        pytest.skip("anna.txt not found: set FASTLSTM_DATA or put it at ../shared/data/anna.txt")
+        pytest.skip(NO_ANNA)
     d = tmp_path_factory.mktemp("charrnn_sample")
     text = _slice(d, 20_000)
     out = str(d / "run")

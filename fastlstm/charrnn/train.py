@@ -339,7 +339,8 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
     def write_outputs() -> None:
         tick()
         if d.main:
-            _atomic_write(os.path.join(out, METRICS), lambda f: f.write(json.dumps(metrics(), indent=2).encode()))
+            blob = json.dumps(metrics(), indent=2).encode()
+            _atomic_write(os.path.join(out, METRICS), lambda f: f.write(blob))
             plot(out)
 
     bar = tqdm(total=total_steps, initial=pos["step"], disable=not d.main, dynamic_ncols=True,
@@ -388,7 +389,8 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
                 speed = chars / dt if speed is None else 0.9 * speed + 0.1 * chars / dt
                 if d.main:
                     log.row(step=pos["step"], epoch=f"{pos['step'] / n_batches:.4f}", split="train",
-                            loss=f"{lv:.6f}", chars_per_sec=f"{chars / dt:.0f}", seconds=f"{pos['seconds']:.2f}")
+                            loss=f"{lv:.6f}", chars_per_sec=f"{chars / dt:.0f}",
+                            seconds=f"{pos['seconds']:.2f}")
                     bar.set_postfix(loss=f"{lv:.4f}", chars_s=f"{speed:,.0f}", refresh=False)
                     bar.update(1)
                 stop["signal"] = bool(flag[1] > 0)
