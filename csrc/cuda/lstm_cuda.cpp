@@ -13,47 +13,15 @@
 #include <torch/library.h>
 
 #include "../lstm_layer.h"
+#include "dispatch.h"
 #include "lstm_kernels.h"
 
 namespace fastlstm {
 namespace {
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls f(TypeTag<storage type>{}) for a tensor dtype: at::Half and at::BFloat16 have the bit layout of
-// CUDA's __half and __nv_bfloat16, which the kernels use.
-template <typename F>
-void dispatch_storage(at::ScalarType t, const char* name, F&& f) {
-  switch (t) {
-    case at::kFloat:
-      return f(TypeTag<float>{});
-    case at::kDouble:
-      return f(TypeTag<double>{});
-    case at::kHalf:
-      return f(TypeTag<__half>{});
-    case at::kBFloat16:
-      return f(TypeTag<__nv_bfloat16>{});
-    default:
-      TORCH_CHECK(false, "fastlstm: ", name, ": the CUDA kernels support float32, float64, bfloat16 and float16, got ",
-                  t);
-  }
-}
-
-template <typename T>
-T* ptr(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
-}
-
-// The kernels index dense rows; the driver passes slices of contiguous buffers, but direct calls of
-// lstm_backward could pass anything.
-void check_dense(std::initializer_list<const Tensor*> ts) {
-  for (const Tensor* t : ts) {
-    TORCH_CHECK(t->is_contiguous(), "fastlstm: the CUDA kernels need contiguous tensors");
-  }
-}
+using gpu::check_dense;
+using gpu::data_as;
+using gpu::dispatch_storage;
 
 struct CudaBackend {
   // gates [B,4H] scalar (in place), c_prev [B,H] acc, c_out [B,H] acc, h_out [B,H] scalar.
@@ -65,8 +33,9 @@ struct CudaBackend {
     dispatch_storage(gates.scalar_type(), "lstm_forward", [&](auto tag) {
       using scalar_t = typename decltype(tag)::type;
       using acc = gpu::acc_t<scalar_t>;
-      C10_CUDA_CHECK(gpu::launch_forward_pointwise<scalar_t>(ptr<scalar_t>(gates), ptr<const acc>(c_prev),
-                                                             ptr<acc>(c_out), ptr<scalar_t>(h_out), B, H, stream));
+      C10_CUDA_CHECK(gpu::launch_forward_pointwise<scalar_t>(data_as<scalar_t>(gates), data_as<const acc>(c_prev),
+                                                             data_as<acc>(c_out), data_as<scalar_t>(h_out), B, H,
+                                                             stream));
     });
   }
 
@@ -81,14 +50,17 @@ struct CudaBackend {
       using scalar_t = typename decltype(tag)::type;
       using acc = gpu::acc_t<scalar_t>;
       C10_CUDA_CHECK(gpu::launch_backward_pointwise<scalar_t>(
-          ptr<const scalar_t>(gates), ptr<const acc>(c), ptr<const acc>(c_prev), ptr<const scalar_t>(dh),
-          ptr<const acc>(dc_next), ptr<scalar_t>(dgates), ptr<acc>(dc_prev), B, H, stream));
+          data_as<const scalar_t>(gates), data_as<const acc>(c), data_as<const acc>(c_prev),
+          data_as<const scalar_t>(dh), data_as<const acc>(dc_next), data_as<scalar_t>(dgates), data_as<acc>(dc_prev),
+          B, H, stream));
     });
   }
 };
 
 // Fails early, before any work, on a dtype the kernels lack.
-void check_cuda_dtype(const Tensor& input, const char* name) { dispatch_storage(input.scalar_type(), name, [](auto) {}); }
+void check_cuda_dtype(const Tensor& input, const char* name) {
+  dispatch_storage(input.scalar_type(), name, [](auto) {});
+}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,

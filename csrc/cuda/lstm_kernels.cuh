@@ -11,6 +11,10 @@
 // load and store is coalesced; VEC > 1 turns them into 16-byte vector accesses.
 #pragma once
 
+#if !defined(__CUDACC__) && !defined(FASTLSTM_HARNESS)
+#error "lstm_kernels.cuh is for nvcc and the CPU harness; host code includes lstm_kernels.h"
+#endif
+
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
