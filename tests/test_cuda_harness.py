@@ -77,7 +77,7 @@ def harness():
     )
     ops = torch.ops.fastlstm_harness
     yield ops
-    ops.set_max_vec(16)
+    ops.set_plan(16, False)
 
 
 # name -> layer configuration. H chosen so that the widest plan uses every vector width somewhere:
@@ -91,6 +91,8 @@ CONFIGS = {
     "reverse": dict(T=5, B=3, I=4, H=12, reverse=True),
     "everything": dict(T=6, B=3, I=2, H=4, P=2, lengths=[6, 2, 4], reverse=True, bias=False),
     "wide": dict(T=3, B=5, I=7, H=40),
+    # h0/c0 one element past an aligned address: the first step must fall back to the scalar kernels.
+    "misaligned_state": dict(T=3, B=2, I=3, H=8, misaligned=True),
 }
 
 
@@ -118,6 +120,10 @@ def make_case(cfg: dict, dtype: torch.dtype, seed: int = 0):
         lengths=torch.tensor(cfg["lengths"], dtype=torch.long) if "lengths" in cfg else None,
         reverse=cfg.get("reverse", False),
     )
+    if cfg.get("misaligned"):
+        for k in ("h0", "c0"):
+            t = args[k]
+            args[k] = torch.empty(t.numel() + 1, dtype=dtype)[1:].view(t.shape).copy_(t)
     grads = (n(T, B, P), n(B, P), n(B, H))
     return args, grads
 
@@ -248,7 +254,7 @@ def compare(dtype, ours, ref, base=None):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_layer_forward_backward(harness, config, dtype, vec):
-    harness.set_max_vec(16 if vec == "widest" else 1)
+    harness.set_plan(16 if vec == "widest" else 1, False)
     args, grads = make_case(CONFIGS[config], dtype)
     ours = harness_layer(harness, args, grads)
     ref = reference_layer(args, grads)
@@ -259,7 +265,7 @@ def test_layer_forward_backward(harness, config, dtype, vec):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 def test_inference_matches_training_forward(harness, dtype):
     # The inference op keeps two cell buffers instead of T; the arithmetic, and so every bit, is the same.
-    harness.set_max_vec(16)
+    harness.set_plan(16, False)
     args, _ = make_case(CONFIGS["everything"], dtype)
     train = harness.lstm_forward(*args.values())[:3]
     infer = harness.lstm_inference(*args.values())
@@ -273,13 +279,26 @@ def test_vector_widths_agree_bitwise(harness, dtype):
     args, grads = make_case(CONFIGS["wide"], dtype)
     results = []
     for v in (16, 4, 2, 1):
-        harness.set_max_vec(v)
+        harness.set_plan(v, False)
         outs, named = harness_layer(harness, args, grads)
         results.append(list(outs) + list(named.values()))
-    harness.set_max_vec(16)
+    harness.set_plan(16, False)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_launcher_plan_at_a_gpu_size(harness, dtype):
+    # The launchers' own plan (vector width narrowed to reach kMinBlocks blocks) at B*H = 32768 units per
+    # step, where it picks 2-wide vectors: checked like the small cases, on two steps.
+    harness.set_plan(16, True)
+    args, grads = make_case(dict(T=2, B=64, I=8, H=512), dtype)
+    ours = harness_layer(harness, args, grads)
+    ref = reference_layer(args, grads)
+    base = nn_lstm_layer(args, grads) if dtype not in TOL else None
+    compare(dtype, ours, ref, base)
+    harness.set_plan(16, False)
 
 
 def test_schemas_match_fastlstm(harness):

@@ -7,7 +7,8 @@
 //
 // Built by the test with torch.utils.cpp_extension.load (g++, -DFASTLSTM_HARNESS, CUDA include dir) and
 // registered as its own op namespace, torch.ops.fastlstm_harness, with fastlstm's op schemas plus
-// set_max_vec(int) (the widest vector width the plan may pick: 1 forces the scalar kernels).
+// set_plan(max_vec, launcher_min_blocks) (the widest vector the launch plan may pick, 1 forcing the scalar
+// kernels; and whether it also applies the launchers' minimum block count).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -21,11 +22,17 @@ namespace fastlstm {
 namespace harness {
 namespace {
 
+// The launch plan's knobs (see gpu::plan_pointwise). By default the harness takes the widest vector the
+// shapes and pointers allow (min_blocks 0), to exercise the vector code on small test shapes; the real
+// launchers also narrow the vector to reach gpu::kMinBlocks blocks.
 int g_max_vec = 16;
+int64_t g_min_blocks = 0;
 
-void set_max_vec(int64_t v) {
-  TORCH_CHECK(v == 1 || v == 2 || v == 4 || v == 8 || v == 16, "set_max_vec: a power of two <= 16, got ", v);
-  g_max_vec = int(v);
+void set_plan(int64_t max_vec, bool launcher_min_blocks) {
+  TORCH_CHECK(max_vec == 1 || max_vec == 2 || max_vec == 4 || max_vec == 8 || max_vec == 16,
+              "set_plan: max_vec must be a power of two <= 16, got ", max_vec);
+  g_max_vec = int(max_vec);
+  g_min_blocks = launcher_min_blocks ? gpu::kMinBlocks : 0;
 }
 
 // Every thread of the grid, with the __global__ wrappers' bounds check: what the GPU would run.
@@ -59,7 +66,7 @@ struct HarnessBackend {
       const acc* cp = gpu::data_as<const acc>(c_prev);
       acc* c = gpu::data_as<acc>(c_out);
       scalar_t* h = gpu::data_as<scalar_t>(h_out);
-      const auto plan = gpu::plan_pointwise<scalar_t>(B, H, g_max_vec, /*min_blocks=*/0, {g, h}, {cp, c});
+      const auto plan = gpu::plan_pointwise<scalar_t>(B, H, g_max_vec, g_min_blocks, {g, h}, {cp, c});
       gpu::dispatch_vec<scalar_t>(plan.vec, [&](auto vec) {
         run_grid(plan, [&](int64_t idx) {
           gpu::forward_pointwise_element<scalar_t, decltype(vec)::value>(idx, H, g, cp, c, h);
@@ -84,7 +91,8 @@ struct HarnessBackend {
       const acc* dcn = gpu::data_as<const acc>(dc_next);
       scalar_t* dg = gpu::data_as<scalar_t>(dgates);
       acc* dcp = gpu::data_as<acc>(dc_prev);
-      const auto plan = gpu::plan_pointwise<scalar_t>(B, H, g_max_vec, /*min_blocks=*/0, {g, d, dg}, {cc, cp, dcn, dcp});
+      const auto plan =
+          gpu::plan_pointwise<scalar_t>(B, H, g_max_vec, g_min_blocks, {g, d, dg}, {cc, cp, dcn, dcp});
       gpu::dispatch_vec<scalar_t>(plan.vec, [&](auto vec) {
         run_grid(plan, [&](int64_t idx) {
           gpu::backward_pointwise_element<scalar_t, decltype(vec)::value>(idx, H, g, cc, cp, d, dcn, dg, dcp);
@@ -138,7 +146,7 @@ TORCH_LIBRARY(fastlstm_harness, m) {
       "Tensor cells, bool reverse) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias, Tensor grad_w_hr)");
-  m.def("set_max_vec(int max_vec) -> ()", &fastlstm::harness::set_max_vec);
+  m.def("set_plan(int max_vec, bool launcher_min_blocks) -> ()", &fastlstm::harness::set_plan);
 }
 
 TORCH_LIBRARY_IMPL(fastlstm_harness, CPU, m) {
