@@ -147,14 +147,6 @@ def _loss(outs, grads):
     return sum((o.double() * g.double()).sum() for o, g in zip(outs, grads))
 
 
-def _named_grads(leaves, args, gs):
-    named = {"grad_input": gs[0], "grad_h0": gs[1], "grad_c0": gs[2], "grad_w_ih": gs[3], "grad_w_hh": gs[4],
-             "grad_bias": gs[5]}
-    if args["w_hr"] is not None:
-        named["grad_w_hr"] = gs[-1]
-    return named
-
-
 def reference_layer(args, grads):
     """lstm_layer_ref in float64 on the same (rounded) inputs: (outputs, {grad name: tensor}).
 
@@ -171,7 +163,7 @@ def reference_layer(args, grads):
                           reverse=args["reverse"])
     order = ["input", "h0", "c0", "w_ih", "w_hh", "b_ih"] + (["w_hr"] if "w_hr" in leaves else [])
     gs = torch.autograd.grad(_loss(outs, grads), [leaves[k] for k in order])
-    return outs, _named_grads(leaves, args, gs)
+    return outs, {"grad_" + ("bias" if k == "b_ih" else k): g for k, g in zip(order, gs)}
 
 
 def nn_lstm_layer(args, grads):
