@@ -7,6 +7,7 @@ honoured. Install with `pip install --no-build-isolation .` so that pip uses the
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -44,12 +45,19 @@ sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path
 extra = {"cxx": cxx_flags}
 define_macros = []
 
+# Our nvcc flags; torch's BuildExtension adds its COMMON_NVCC_FLAGS and the -gencode arch flags.
+nvcc_flags = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + [
+    "--use_fast_math" if _flag("FASTLSTM_FAST_MATH") else "-DFASTLSTM_PRECISE_MATH",
+    "-std=c++17",
+]
+if sys.argv[1:] == ["--print-nvcc-flags"]:
+    # scripts/check_cuda.sh compiles the .cu files with exactly the flags the build uses.
+    print(" ".join(nvcc_flags))
+    sys.exit(0)
+
 if want_cuda():
     sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
-    extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + [
-        "--use_fast_math" if _flag("FASTLSTM_FAST_MATH") else "-DFASTLSTM_PRECISE_MATH",
-        "-std=c++17",
-    ]
+    extra["nvcc"] = nvcc_flags
     ext = CUDAExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros)
 else:
     ext = CppExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros)

@@ -171,6 +171,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor gout = grad_output.contiguous();
   Tensor dgates = at::empty({T, B, 4 * H}, opts);
   Tensor mask = defined(lengths) ? active_mask(lengths, T).unsqueeze(-1) : Tensor();  // [T,B,1]
+  // An inactive step's output is the constant 0: a gradient arriving there reaches nothing (it would
+  // otherwise flow into the held state and on into earlier steps).
+  if (mask.defined()) gout = gout.masked_fill(mask.logical_not(), 0);
   // The unprojected hidden states, needed only for grad_w_hr: recomputed from the saved gates and cells.
   Tensor hraw_all, dh_all;
   if (proj) {
