@@ -30,6 +30,34 @@ def has_kernels(device_type: str) -> bool:
 _HAS = {dev: has_kernels(dev) for dev in ("cpu", "cuda")}
 
 
+def _let_dynamo_trace_fastlstm() -> None:
+    """Let torch.compile trace FastLSTM.forward instead of graph-breaking on it.
+
+    Dynamo refuses to wrap any instance of nn.RNN/GRU/LSTM unless torch._dynamo.config.allow_rnn is set,
+    because it cannot trace ATen's fused RNN ops; FastLSTM is such an instance (isinstance must hold for
+    drop-in use) but its forward is plain Python over our traceable custom ops. Rather than flip allow_rnn
+    for every nn.LSTM in the process, the flag is set only while Dynamo wraps a FastLSTM. Done once, on
+    the first FastLSTM constructed, so that `import fastlstm` does not pay for importing Dynamo (~1 s).
+    """
+    try:
+        from torch._dynamo import config
+        from torch._dynamo.variables.builder import VariableBuilder
+    except ImportError:  # pragma: no cover - a torch without Dynamo: nothing to do
+        return
+    orig = VariableBuilder.wrap_module
+    if getattr(orig, "_fastlstm_patched", False):
+        return
+
+    def wrap_module(self, value):
+        if isinstance(value, FastLSTM) and not config.allow_rnn:
+            with config.patch(allow_rnn=True):
+                return orig(self, value)
+        return orig(self, value)
+
+    wrap_module._fastlstm_patched = True
+    VariableBuilder.wrap_module = wrap_module
+
+
 def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
     # batch_sizes[t] = number of sequences longer than t (sorted, decreasing) -> length of each sequence.
     B = int(batch_sizes[0])
@@ -45,6 +73,14 @@ class FastLSTM(nn.LSTM):
     hx = (h_0 [L*D, B, P], c_0 [L*D, B, H]); returns (output [T, B, D*P], (h_n, c_n)).
     Unlike cuDNN's nn.LSTM, backward also works in eval mode.
     """
+
+    _dynamo_ready = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not FastLSTM._dynamo_ready:
+            _let_dynamo_trace_fastlstm()
+            FastLSTM._dynamo_ready = True
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM) -> "FastLSTM":
