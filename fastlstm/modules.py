@@ -171,6 +171,9 @@ class FastLSTM(nn.LSTM):
                 self.check_forward_args(input, hx, batch_sizes)
                 hx = self.permute_hidden(hx, sorted_indices)
 
+        if len(hx) != 2:
+            # ATen's lstm checks this after the shape checks above; nn.LSTM raises it from there.
+            raise RuntimeError("lstm expects two hidden states")
         self._check_devices(input, hx)
         if not self._supported(input):
             return self._fallback(orig_input, hx, unsorted_indices)
