@@ -12,6 +12,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
@@ -92,6 +93,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& lengths,
     bool reverse, bool training) {
+  // The ATen calls below are the op's internals, never recorded by autograd (gradients come from
+  // lstm_backward), even when the op is called directly on tensors that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -157,6 +161,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
     const OptTensor& lengths, const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in lstm_layer_forward
   check_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -212,7 +217,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      dh = at::where(m, at::mm(dg_t, w_hh), dh_t);
+      // An inactive step emitted a constant zero: its grad_output does not reach the held state.
+      dh = at::where(m, at::mm(dg_t, w_hh), dh);
     } else {
       dh = at::mm(dg_t, w_hh);
     }
