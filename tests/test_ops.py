@@ -93,3 +93,19 @@ def test_opcheck_forward_ops(op, case, requires_grad, device):
 @pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_backward_op(case, device):
     torch.library.opcheck(torch.ops.fastlstm.lstm_backward.default, backward_sample(case, device))
+
+
+def non_contiguous(t):
+    """The same values in a transposed layout (as a batch_first input reaches the ops)."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1) if t is not None and t.dim() >= 2 else t
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["lstm_forward", "lstm_inference", "lstm_backward"])
+def test_opcheck_non_contiguous_arguments(op, device):
+    # The fake kernels must give the strides the real ones give, whatever the layout of the arguments.
+    args = backward_sample("lengths-reverse-proj", device) if op == "lstm_backward" else \
+        layer_args("lengths-reverse-proj", device, requires_grad=False)
+    args = tuple(non_contiguous(a) if isinstance(a, torch.Tensor) else a for a in args)
+    assert not args[3 if op == "lstm_backward" else 0].is_contiguous()
+    torch.library.opcheck(getattr(torch.ops.fastlstm, op).default, args)
