@@ -1,6 +1,9 @@
 """FastLSTM: torch.nn.LSTM with its forward running on fastlstm's fused kernels."""
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 import warnings
 
 import torch
@@ -30,20 +33,20 @@ def has_kernels(device_type: str) -> bool:
 _HAS = {dev: has_kernels(dev) for dev in ("cpu", "cuda")}
 
 
+_DYNAMO_BUILDER = "torch._dynamo.variables.builder"
+
+
 def _let_dynamo_trace_fastlstm() -> None:
     """Let torch.compile trace FastLSTM.forward instead of graph-breaking on it.
 
     Dynamo refuses to wrap any instance of nn.RNN/GRU/LSTM unless torch._dynamo.config.allow_rnn is set,
     because it cannot trace ATen's fused RNN ops; FastLSTM is such an instance (isinstance must hold for
     drop-in use) but its forward is plain Python over our traceable custom ops. Rather than flip allow_rnn
-    for every nn.LSTM in the process, the flag is set only while Dynamo wraps a FastLSTM. Done once, on
-    the first FastLSTM constructed, so that `import fastlstm` does not pay for importing Dynamo (~1 s).
+    for every nn.LSTM in the process, the flag is set only while Dynamo wraps a FastLSTM.
     """
-    try:
-        from torch._dynamo import config
-        from torch._dynamo.variables.builder import VariableBuilder
-    except ImportError:  # pragma: no cover - a torch without Dynamo: nothing to do
-        return
+    from torch._dynamo import config
+    from torch._dynamo.variables.builder import VariableBuilder
+
     orig = VariableBuilder.wrap_module
     if getattr(orig, "_fastlstm_patched", False):
         return
@@ -58,10 +61,35 @@ def _let_dynamo_trace_fastlstm() -> None:
     VariableBuilder.wrap_module = wrap_module
 
 
-def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
-    # batch_sizes[t] = number of sequences longer than t (sorted, decreasing) -> length of each sequence.
-    B = int(batch_sizes[0])
-    return (batch_sizes.unsqueeze(1) > torch.arange(B)).sum(0)
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs a callback right after one module is first imported. Importing Dynamo costs about a second
+    (more than torch's own import on a busy machine), so fastlstm waits for torch.compile to import it."""
+
+    def __init__(self, name, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps find_spec below from finding us again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_callback(module):
+            exec_module(module)
+            self.callback()
+
+        spec.loader.exec_module = exec_then_callback
+        return spec
+
+
+def _install_dynamo_hook() -> None:
+    if _DYNAMO_BUILDER in sys.modules:
+        _let_dynamo_trace_fastlstm()
+    elif not any(isinstance(f, _AfterImport) and f.name == _DYNAMO_BUILDER for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(_DYNAMO_BUILDER, _let_dynamo_trace_fastlstm))
 
 
 class FastLSTM(nn.LSTM):
@@ -73,14 +101,6 @@ class FastLSTM(nn.LSTM):
     hx = (h_0 [L*D, B, P], c_0 [L*D, B, H]); returns (output [T, B, D*P], (h_n, c_n)).
     Unlike cuDNN's nn.LSTM, backward also works in eval mode.
     """
-
-    _dynamo_ready = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not FastLSTM._dynamo_ready:
-            _let_dynamo_trace_fastlstm()
-            FastLSTM._dynamo_ready = True
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM) -> "FastLSTM":
@@ -236,3 +256,6 @@ def convert(model: nn.Module) -> nn.Module:
         else:
             convert(child)
     return model
+
+
+_install_dynamo_hook()

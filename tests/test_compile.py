@@ -1,10 +1,16 @@
 """torch.compile(fullgraph=True) traces FastLSTM's forward and backward with no graph break (Dynamo refuses
 nn.LSTM subclasses by default; see modules._let_dynamo_trace_fastlstm), and the compiled module computes what
 eager FastLSTM computes. Few cases: each compiles for seconds."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch import nn
 
+import fastlstm
 from conftest import DEVICES, TOL, forward_backward, lstm_pair, output_tensors
 
 CASES = {
@@ -83,3 +89,23 @@ def test_compile_leaves_plain_nn_lstm_alone():
     lstm = nn.LSTM(3, 5)
     with pytest.raises(torch._dynamo.exc.Unsupported, match="RNN, GRU, or LSTM"):
         torch.compile(lstm, fullgraph=True)(torch.randn(2, 1, 3))
+
+
+def test_fullgraph_when_dynamo_is_imported_before_fastlstm():
+    # fastlstm patches Dynamo when Dynamo gets imported, or at once if it already is. The tests above cover
+    # the first case (this process imports fastlstm before Dynamo); a fresh interpreter covers the second,
+    # with the cheap 'eager' backend since only the tracing is in question.
+    code = textwrap.dedent("""
+        import torch
+        import torch._dynamo
+        import fastlstm
+        m = fastlstm.FastLSTM(3, 4, num_layers=2, bidirectional=True)
+        x = torch.randn(5, 2, 3, requires_grad=True)
+        out, (h, c) = torch.compile(m, fullgraph=True, backend="eager")(x)
+        (out.sum() + h.sum() + c.sum()).backward()
+        assert x.grad is not None
+    """)
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
+    env = dict(os.environ, PYTHONPATH=parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
