@@ -44,10 +44,14 @@ def _let_dynamo_trace_fastlstm() -> None:
     drop-in use) but its forward is plain Python over our traceable custom ops. Rather than flip allow_rnn
     for every nn.LSTM in the process, the flag is set only while Dynamo wraps a FastLSTM.
     """
-    from torch._dynamo import config
-    from torch._dynamo.variables.builder import VariableBuilder
-
-    orig = VariableBuilder.wrap_module
+    try:
+        from torch._dynamo import config
+        from torch._dynamo.variables.builder import VariableBuilder
+        orig = VariableBuilder.wrap_module
+    except (ImportError, AttributeError) as e:  # another torch's Dynamo: compile still works, with a break
+        warnings.warn(f"fastlstm could not register FastLSTM with torch.compile ({e!r}); compiled models "
+                      "will graph-break around FastLSTM.", RuntimeWarning)
+        return
     if getattr(orig, "_fastlstm_patched", False):
         return
 
@@ -90,6 +94,12 @@ def _install_dynamo_hook() -> None:
         _let_dynamo_trace_fastlstm()
     elif not any(isinstance(f, _AfterImport) and f.name == _DYNAMO_BUILDER for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport(_DYNAMO_BUILDER, _let_dynamo_trace_fastlstm))
+
+
+def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
+    # batch_sizes[t] = number of sequences longer than t (sorted, decreasing) -> length of each sequence.
+    B = int(batch_sizes[0])
+    return (batch_sizes.unsqueeze(1) > torch.arange(B)).sum(0)
 
 
 class FastLSTM(nn.LSTM):

@@ -55,7 +55,7 @@ def test_gradcheck_lstm_layer(case, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(LAYER_CASES))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_lstm_layer_matches_oracle(case, dtype, device):
     # Forward of both ops (training and inference) against lstm_ref's one-layer loop.
     args = layer_args(case, device, dtype, requires_grad=False)

@@ -147,7 +147,7 @@ def test_grid_is_pairwise_and_small():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_no_grad_inference_path_matches(dtype, device):
     # Without autograd the op that saves nothing runs: its results must be the training op's.
     ref, fast = lstm_pair(3, 9, num_layers=2, bidirectional=True, proj_size=4, device=device, dtype=dtype)
