@@ -12,6 +12,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
@@ -92,6 +93,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& lengths,
     bool reverse, bool training) {
+  // The ATen calls below are the op's internals, never recorded by autograd (gradients come from
+  // lstm_backward), even when the op is called directly on tensors that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -157,6 +161,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
     const OptTensor& lengths, const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in lstm_layer_forward
   check_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -165,8 +170,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   const auto dtype = input.scalar_type();
   const auto acc = acc_type(dtype);
   const auto opts = input.options();
-  TORCH_CHECK(grad_output.sizes() == output.sizes() && gates.size(0) == T && cells.size(0) == T,
-              "fastlstm: lstm_backward got tensors of inconsistent shapes");
+  // The pointwise pass indexes gates/cells/grads as dense [B, 4H] / [B, H] rows: a wrong shape, dtype or
+  // layout in a direct call would read out of bounds, so check all of them and make them contiguous.
+  const auto expect = [&](const Tensor& t, const char* name, at::IntArrayRef shape, at::ScalarType type) {
+    TORCH_CHECK(t.sizes() == shape, "fastlstm: lstm_backward: ", name, " must be ", shape, ", got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == type, "fastlstm: lstm_backward: ", name, " must be ", type, ", got ",
+                t.scalar_type());
+    TORCH_CHECK(t.device() == input.device(), "fastlstm: lstm_backward: ", name, " must be on ",
+                input.device(), ", got ", t.device());
+  };
+  expect(grad_output, "grad_output", {T, B, P}, dtype);
+  expect(grad_h_n, "grad_h_n", {B, P}, dtype);
+  expect(grad_c_n, "grad_c_n", {B, H}, dtype);
+  expect(output, "output", {T, B, P}, dtype);
+  expect(gates, "gates", {T, B, 4 * H}, dtype);
+  expect(cells, "cells", {T, B, H}, acc);
+  const Tensor gates_c = gates.contiguous(), cells_c = cells.contiguous();
 
   Tensor gout = grad_output.contiguous();
   Tensor dgates = at::empty({T, B, 4 * H}, opts);
@@ -177,7 +197,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   // The unprojected hidden states, needed only for grad_w_hr: recomputed from the saved gates and cells.
   Tensor hraw_all, dh_all;
   if (proj) {
-    hraw_all = (gates.narrow(2, 3 * H, H) * cells.tanh()).to(dtype);
+    hraw_all = (gates_c.narrow(2, 3 * H, H) * cells_c.tanh()).to(dtype);
     dh_all = at::empty({T, B, P}, opts);
   }
   Tensor dhraw = proj ? at::empty({B, H}, opts) : Tensor();
@@ -193,14 +213,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       dh_all[t].copy_(dh_t);
       at::mm_out(dhraw, dh_t, *w_hr);
     }
-    const Tensor c_prev = s > 0 ? cells[reverse ? t + 1 : t - 1] : c0_acc;
+    const Tensor c_prev = s > 0 ? cells_c[reverse ? t + 1 : t - 1] : c0_acc;
     Tensor dg_t = dgates[t];
-    Backend::backward_pointwise(gates[t], cells[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
+    Backend::backward_pointwise(gates_c[t], cells_c[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
     if (mask.defined()) {
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      dh = at::where(m, at::mm(dg_t, w_hh), dh_t);
+      // An inactive step emitted a constant zero: its grad_output does not reach the held state.
+      dh = at::where(m, at::mm(dg_t, w_hh), dh);
     } else {
       dh = at::mm(dg_t, w_hh);
     }

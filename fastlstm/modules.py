@@ -1,6 +1,9 @@
 """FastLSTM: torch.nn.LSTM with its forward running on fastlstm's fused kernels."""
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 import warnings
 
 import torch
@@ -28,6 +31,69 @@ def has_kernels(device_type: str) -> bool:
 
 
 _HAS = {dev: has_kernels(dev) for dev in ("cpu", "cuda")}
+
+
+_DYNAMO_BUILDER = "torch._dynamo.variables.builder"
+
+
+def _let_dynamo_trace_fastlstm() -> None:
+    """Let torch.compile trace FastLSTM.forward instead of graph-breaking on it.
+
+    Dynamo refuses to wrap any instance of nn.RNN/GRU/LSTM unless torch._dynamo.config.allow_rnn is set,
+    because it cannot trace ATen's fused RNN ops; FastLSTM is such an instance (isinstance must hold for
+    drop-in use) but its forward is plain Python over our traceable custom ops. Rather than flip allow_rnn
+    for every nn.LSTM in the process, the flag is set only while Dynamo wraps a FastLSTM.
+    """
+    try:
+        from torch._dynamo import config
+        from torch._dynamo.variables.builder import VariableBuilder
+        orig = VariableBuilder.wrap_module
+    except (ImportError, AttributeError) as e:  # another torch's Dynamo: compile still works, with a break
+        warnings.warn(f"fastlstm could not register FastLSTM with torch.compile ({e!r}); compiled models "
+                      "will graph-break around FastLSTM.", RuntimeWarning)
+        return
+    if getattr(orig, "_fastlstm_patched", False):
+        return
+
+    def wrap_module(self, value):
+        if isinstance(value, FastLSTM) and not config.allow_rnn:
+            with config.patch(allow_rnn=True):
+                return orig(self, value)
+        return orig(self, value)
+
+    wrap_module._fastlstm_patched = True
+    VariableBuilder.wrap_module = wrap_module
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs a callback right after one module is first imported. Importing Dynamo costs about a second
+    (more than torch's own import on a busy machine), so fastlstm waits for torch.compile to import it."""
+
+    def __init__(self, name, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps find_spec below from finding us again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_callback(module):
+            exec_module(module)
+            self.callback()
+
+        spec.loader.exec_module = exec_then_callback
+        return spec
+
+
+def _install_dynamo_hook() -> None:
+    if _DYNAMO_BUILDER in sys.modules:
+        _let_dynamo_trace_fastlstm()
+    elif not any(isinstance(f, _AfterImport) and f.name == _DYNAMO_BUILDER for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(_DYNAMO_BUILDER, _let_dynamo_trace_fastlstm))
 
 
 def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
@@ -135,6 +201,9 @@ class FastLSTM(nn.LSTM):
                 self.check_forward_args(input, hx, batch_sizes)
                 hx = self.permute_hidden(hx, sorted_indices)
 
+        if len(hx) != 2:
+            # ATen's lstm checks this after the shape checks above; nn.LSTM raises it from there.
+            raise RuntimeError("lstm expects two hidden states")
         self._check_devices(input, hx)
         if not self._supported(input):
             return self._fallback(orig_input, hx, unsorted_indices)
@@ -197,3 +266,6 @@ def convert(model: nn.Module) -> nn.Module:
         else:
             convert(child)
     return model
+
+
+_install_dynamo_hook()

@@ -44,14 +44,16 @@ def _lstm_inference_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, r
 @torch.library.register_fake("fastlstm::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, lengths, output,
                         gates, cells, reverse):
+    # Contiguous whatever the inputs' strides (empty_like would copy a transposed input's layout), as the
+    # kernel's GEMM results are.
     return (
-        torch.empty_like(input),
-        torch.empty_like(h0),
-        torch.empty_like(c0),
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
-        w_ih.new_empty(w_ih.shape[0]),
-        torch.empty_like(w_hr) if w_hr is not None else w_ih.new_empty(0),
+        input.new_empty(input.shape),
+        input.new_empty(h0.shape),
+        input.new_empty(c0.shape),
+        input.new_empty(w_ih.shape),
+        input.new_empty(w_hh.shape),
+        input.new_empty(w_ih.shape[0]),
+        input.new_empty(w_hr.shape) if w_hr is not None else input.new_empty(0),
     )
 
 

@@ -40,3 +40,82 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
     else:
         yield
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared helpers: a FastLSTM and an nn.LSTM with the same weights, a loss that weights every output element
+# differently, and the largest parity error seen per dtype (printed at the end of the run for the issue's
+# closing note).
+
+# label (dtype and what was compared) -> (largest max-abs error over outputs and gradients, in which case);
+# filled by the parity tests.
+PARITY_MAX_ERR: dict = {}
+
+
+def record_error(label: str, err: float, where: str) -> None:
+    if err > PARITY_MAX_ERR.get(label, (-1.0, ""))[0]:
+        PARITY_MAX_ERR[label] = (err, where)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PARITY_MAX_ERR:
+        terminalreporter.section("largest parity error (max abs, over outputs and all gradients)")
+        for label, (err, where) in sorted(PARITY_MAX_ERR.items()):
+            terminalreporter.write_line(f"{label:44s} {err:.3e}   ({where})")
+
+
+def lstm_pair(*args, device="cpu", dtype=torch.float32, seed=0, **kwargs):
+    """(nn.LSTM, FastLSTM) built from the same seed: identical configuration and weights."""
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(*args, device=device, dtype=dtype, **kwargs)
+    torch.manual_seed(seed)
+    fast = fastlstm.FastLSTM(*args, device=device, dtype=dtype, **kwargs)
+    return ref, fast
+
+
+def output_tensors(result):
+    """nn.LSTM's (output, (h_n, c_n)) as a flat list of tensors (a PackedSequence contributes its data)."""
+    out, (h, c) = result
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        out = out.data
+    return [out, h, c]
+
+
+def weighted_loss(tensors, seed=1, round_to=None):
+    """sum_k <w_k, t_k> with fixed random weights: every element gets its own gradient, so a swapped gate,
+    direction or time step cannot hide behind a symmetric loss. ``round_to``: round the weights through this
+    dtype first (a float64 reference then sees exactly the weights a half-precision run sees)."""
+    g = torch.Generator().manual_seed(seed)
+    total = 0
+    for t in tensors:
+        w = torch.randn(t.shape, generator=g, dtype=torch.float64)
+        if round_to is not None:
+            w = w.to(round_to)
+        w = w.to(t.device, t.dtype)
+        total = total + (t * w).sum()
+    return total
+
+
+def forward_backward(module, x, hx=None, prepare=None):
+    """Run ``module`` on ``prepare(x)`` (e.g. packing, inside autograd) with ``hx`` and backprop the weighted
+    loss. x and hx are copied into fresh leaves. Returns (result, outputs list, {name: grad}) with the grads
+    of 'input', 'h0', 'c0' (when hx is given) and of every parameter, by name."""
+    module.zero_grad(set_to_none=True)
+    leaves = {"input": x.detach().clone().requires_grad_()}
+    if hx is not None:
+        leaves["h0"] = hx[0].detach().clone().requires_grad_()
+        leaves["c0"] = hx[1].detach().clone().requires_grad_()
+    inp = prepare(leaves["input"]) if prepare is not None else leaves["input"]
+    result = module(inp, (leaves["h0"], leaves["c0"]) if hx is not None else None)
+    outs = output_tensors(result)
+    weighted_loss(outs).backward()
+    grads = {k: v.grad for k, v in leaves.items()}
+    grads.update({k: p.grad for k, p in module.named_parameters()})
+    return result, outs, grads
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    d = (a.double() - b.double()).abs()
+    d = d[~(a.isnan() & b.isnan())]
+    return float(d.max()) if d.numel() else 0.0

@@ -1,0 +1,246 @@
+"""Bad input: FastLSTM raises nn.LSTM's exception type and message, learnt by calling nn.LSTM with the same
+bad input; direct calls of torch.ops.fastlstm.* with bad arguments raise RuntimeError, never crash."""
+import re
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from conftest import DEVICES, lstm_pair
+from fastlstm import FastLSTM
+
+
+def raised(fn):
+    """The exception fn() raises (the test fails if it raises none)."""
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.value
+
+
+def assert_same_error(ref_call, fast_call):
+    """fast_call raises exactly the type and message that ref_call (nn.LSTM) raises."""
+    expected = raised(ref_call)
+    with pytest.raises(type(expected), match="^" + re.escape(str(expected)) + "$") as info:
+        fast_call()
+    assert type(info.value) is type(expected)
+
+
+def z(*shape, dtype=torch.float32, device="cpu"):
+    return torch.zeros(*shape, dtype=dtype, device=device)
+
+
+# (name, module kwargs, input shape, hx shapes or None): forward calls nn.LSTM rejects.
+FORWARD_CASES = [
+    ("input size", {}, (4, 2, 7), None),
+    ("input size unbatched", {}, (4, 7), None),
+    ("input size batch_first", dict(batch_first=True), (2, 4, 7), None),
+    ("hidden size h", {}, (4, 2, 3), ((1, 2, 4), (1, 2, 5))),
+    ("hidden size c", {}, (4, 2, 3), ((1, 2, 5), (1, 2, 4))),
+    ("proj hidden size", dict(proj_size=2), (4, 2, 3), ((1, 2, 5), (1, 2, 5))),
+    ("batch mismatch hx", {}, (4, 2, 3), ((1, 3, 5), (1, 3, 5))),
+    ("batch mismatch c only", {}, (4, 2, 3), ((1, 2, 5), (1, 3, 5))),
+    ("batch mismatch batch_first", dict(batch_first=True), (2, 4, 3), ((1, 4, 5), (1, 4, 5))),
+    ("layers mismatch", dict(num_layers=2), (4, 2, 3), ((1, 2, 5), (1, 2, 5))),
+    ("directions mismatch", dict(bidirectional=True), (4, 2, 3), ((1, 2, 5), (1, 2, 5))),
+    ("1-D input", {}, (3,), None),
+    ("4-D input", {}, (1, 4, 2, 3), None),
+    ("2-D hx with 3-D input", {}, (4, 2, 3), ((2, 5), (2, 5))),
+    ("mixed-D hx with 3-D input", {}, (4, 2, 3), ((1, 2, 5), (2, 5))),
+    ("3-D hx with 2-D input", {}, (4, 3), ((1, 1, 5), (1, 1, 5))),
+    ("unbatched hx size", {}, (4, 3), ((1, 4), (1, 5))),
+    ("zero-length sequence", {}, (0, 2, 3), None),
+    ("zero-length sequence batch_first", dict(batch_first=True), (2, 0, 3), None),
+    ("zero-length unbatched", {}, (0, 3), None),
+    ("three hidden states", {}, (4, 2, 3), ((1, 2, 5), (1, 2, 5), (1, 2, 5))),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,kwargs,xshape,hshapes", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+def test_forward_errors_match_nn_lstm(name, kwargs, xshape, hshapes, device):
+    ref, fast = lstm_pair(3, 5, device=device, **kwargs)
+    x = torch.randn(xshape, device=device)
+    hx = None if hshapes is None else tuple(z(*s, device=device) for s in hshapes)
+    assert_same_error(lambda: ref(x, hx), lambda: fast(x, hx))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64])
+def test_input_dtype_differs_from_weights(dtype, device):
+    ref, fast = lstm_pair(3, 5, device=device)
+    x = torch.ones(4, 2, 3, device=device).to(dtype)
+    assert_same_error(lambda: ref(x), lambda: fast(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["h", "c", "both"])
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_hidden_dtype_differs_from_input(which, proj_size, device):
+    # nn.LSTM's CPU path reports this as "get_mkldnn_dtype: unsupported data type" or a matmul dtype error;
+    # FastLSTM gives the message of ATen's own check (aten/src/ATen/native/RNN.cpp), the one nn.LSTM
+    # gives on its native path.
+    ref, fast = lstm_pair(3, 5, proj_size=proj_size, device=device)
+    x = torch.randn(4, 2, 3, device=device)
+    h = z(1, 2, proj_size or 5, device=device, dtype=torch.float64 if which != "c" else torch.float32)
+    c = z(1, 2, 5, device=device, dtype=torch.float64 if which != "h" else torch.float32)
+    assert isinstance(raised(lambda: ref(x, (h, c))), RuntimeError)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "Input and hidden tensors are not the same dtype, found input tensor with Float and hidden tensor "
+            "with Double")):
+        fast(x, (h, c))
+
+
+def test_input_on_another_device_than_weights():
+    ref, fast = lstm_pair(3, 5)
+    x = torch.randn(4, 2, 3, device="meta")
+    assert_same_error(lambda: ref(x), lambda: fast(x))
+    hx = (z(1, 2, 5, device="meta"), z(1, 2, 5, device="meta"))
+    assert_same_error(lambda: ref(x, hx), lambda: fast(x, hx))
+
+
+@pytest.mark.parametrize("which", ["h", "c"])
+def test_hidden_on_another_device_than_input(which):
+    ref, fast = lstm_pair(3, 5)
+    x = torch.randn(4, 2, 3)
+    hx = (z(1, 2, 5, device="meta" if which == "h" else "cpu"), z(1, 2, 5, device="meta" if which == "c" else "cpu"))
+    assert_same_error(lambda: ref(x, hx), lambda: fast(x, hx))
+
+
+# Packed input: nn.LSTM's packed path reports these from deep inside (matmul shapes, broadcasting); FastLSTM
+# reports them as nn.LSTM does for the same data unpacked. The expected error is nn.LSTM's on the padded
+# tensor, so it is still learnt from nn.LSTM, not written here.
+@pytest.mark.parametrize("case", ["input size", "input dtype", "hx batch"])
+def test_packed_errors_read_like_unpacked_ones(case):
+    ref, fast = lstm_pair(3, 5)
+    x = torch.randn(4, 2, 7 if case == "input size" else 3, dtype=torch.float64 if case == "input dtype" else None)
+    hx = (z(1, 3, 5), z(1, 3, 5)) if case == "hx batch" else None
+    packed = pack_padded_sequence(x, torch.tensor([4, 2]))
+    expected = raised(lambda: ref(x, hx))
+    with pytest.raises(type(expected), match="^" + re.escape(str(expected)) + "$"):
+        fast(packed, hx)
+
+
+# Constructor arguments: FastLSTM is nn.LSTM's constructor, so every check and message must be the same.
+CTOR_CASES = [
+    ((0, 5), {}), ((3, 0), {}), ((-1, 5), {}), ((3, -2), {}), ((3, 5, 0), {}), ((3, 5, -1), {}),
+    ((3.0, 5), {}), ((3, 5.0), {}), ((3, 5, 1.5), {}),
+    ((3, 5), dict(proj_size=5)), ((3, 5), dict(proj_size=7)), ((3, 5), dict(proj_size=-1)),
+    ((3, 5), dict(proj_size=1.0)),
+    ((3, 5), dict(bias=1)), ((3, 5), dict(batch_first="yes")), ((3, 5), dict(bias=None)),
+    ((3, 5), dict(dropout=1.5)), ((3, 5), dict(dropout=-0.1)), ((3, 5), dict(dropout=True)),
+    ((3, 5), dict(dropout="0.5")),
+    ((3, 5), dict(dtype=torch.int64)),
+]
+
+
+@pytest.mark.parametrize("args,kwargs", CTOR_CASES, ids=[f"{a}-{k}" for a, k in CTOR_CASES])
+def test_constructor_errors_match_nn_lstm(args, kwargs):
+    assert_same_error(lambda: nn.LSTM(*args, **kwargs), lambda: FastLSTM(*args, **kwargs))
+
+
+def test_constructor_dropout_warning_matches_nn_lstm():
+    with warnings.catch_warnings(record=True) as ref_w:
+        warnings.simplefilter("always")
+        nn.LSTM(3, 5, dropout=0.5)
+    with warnings.catch_warnings(record=True) as fast_w:
+        warnings.simplefilter("always")
+        FastLSTM(3, 5, dropout=0.5)
+    assert ref_w and [str(w.message) for w in fast_w] == [str(w.message) for w in ref_w]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Direct calls of the ops: bad shapes, dtypes and layouts raise RuntimeError (and do not crash pytest).
+
+T, B, I, H, P = 3, 2, 4, 5, 3
+
+
+def good_args(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)
+    return dict(input=r(T, B, I), h0=r(B, P), c0=r(B, H), w_ih=r(4 * H, I), w_hh=r(4 * H, P), b_ih=r(4 * H),
+                b_hh=r(4 * H), w_hr=r(P, H), lengths=torch.tensor([3, 1]), reverse=False)
+
+
+FORWARD_OP_BAD = {
+    "2-D input": dict(input=torch.randn(T, B, dtype=torch.float64)),
+    "input size": dict(input=torch.randn(T, B, I + 1, dtype=torch.float64)),
+    "h0 shape": dict(h0=torch.randn(B, P + 1, dtype=torch.float64)),
+    "h0 3-D": dict(h0=torch.randn(B, P, 1, dtype=torch.float64)),
+    "c0 batch": dict(c0=torch.randn(B + 1, H, dtype=torch.float64)),
+    "w_ih rows": dict(w_ih=torch.randn(4 * H + 1, I, dtype=torch.float64)),
+    "w_ih 3-D": dict(w_ih=torch.randn(4 * H, I, 1, dtype=torch.float64)),
+    "w_hh cols": dict(w_hh=torch.randn(4 * H, P + 1, dtype=torch.float64)),
+    "bias size": dict(b_ih=torch.randn(4 * H + 1, dtype=torch.float64)),
+    "bias 2-D": dict(b_hh=torch.randn(4 * H, 1, dtype=torch.float64)),
+    "w_hr cols": dict(w_hr=torch.randn(P, H + 1, dtype=torch.float64)),
+    "w_hr 1-D": dict(w_hr=torch.randn(P, dtype=torch.float64)),
+    "weight dtype": dict(w_hh=torch.randn(4 * H, P)),
+    "bias dtype": dict(b_ih=torch.randn(4 * H)),
+    "hidden dtype": dict(c0=torch.randn(B, H)),
+    "integer input": dict(input=torch.ones(T, B, I, dtype=torch.int32)),
+    "lengths dtype": dict(lengths=torch.tensor([3.0, 1.0])),
+    "lengths size": dict(lengths=torch.tensor([3, 1, 2])),
+}
+
+
+@pytest.mark.parametrize("op", ["lstm_forward", "lstm_inference"])
+@pytest.mark.parametrize("bad", list(FORWARD_OP_BAD), ids=list(FORWARD_OP_BAD))
+def test_forward_ops_reject_bad_arguments(op, bad):
+    args = good_args()
+    getattr(torch.ops.fastlstm, op)(**args)  # the good call works
+    args.update(FORWARD_OP_BAD[bad])
+    with pytest.raises(RuntimeError):
+        getattr(torch.ops.fastlstm, op)(**args)
+
+
+def backward_args():
+    a = good_args()
+    out, h_n, c_n, gates, cells = torch.ops.fastlstm.lstm_forward(**a)
+    return dict(grad_output=torch.randn_like(out), grad_h_n=torch.randn_like(h_n), grad_c_n=torch.randn_like(c_n),
+                input=a["input"], h0=a["h0"], c0=a["c0"], w_ih=a["w_ih"], w_hh=a["w_hh"], w_hr=a["w_hr"],
+                lengths=a["lengths"], output=out, gates=gates, cells=cells, reverse=False)
+
+
+BACKWARD_OP_BAD = {
+    "grad_output shape": lambda a: dict(grad_output=a["grad_output"][:, :, :-1]),
+    "grad_output dtype": lambda a: dict(grad_output=a["grad_output"].float()),
+    "grad_h_n shape": lambda a: dict(grad_h_n=a["grad_h_n"].reshape(-1)),
+    "grad_c_n batch": lambda a: dict(grad_c_n=torch.randn(B + 1, H, dtype=torch.float64)),
+    "output shape": lambda a: dict(output=a["output"][:-1]),
+    # wrong-shaped saved tensors once read past the end of their buffers (a crash, not an error)
+    "gates wider": lambda a: dict(gates=torch.randn(T, B, 4 * H + 4, dtype=torch.float64)),
+    "gates narrower": lambda a: dict(gates=torch.randn(T, B, 4 * H - 4, dtype=torch.float64)),
+    "gates batch": lambda a: dict(gates=torch.randn(T, B + 1, 4 * H, dtype=torch.float64)),
+    "gates dtype": lambda a: dict(gates=a["gates"].float()),
+    "cells wider": lambda a: dict(cells=torch.randn(T, B, H + 1, dtype=torch.float64)),
+    "cells shorter": lambda a: dict(cells=a["cells"][:-1]),
+    "cells 2-D": lambda a: dict(cells=a["cells"].reshape(T, -1)),
+    "cells dtype": lambda a: dict(cells=a["cells"].float()),
+    "w_hh shape": lambda a: dict(w_hh=torch.randn(4 * H, P + 2, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("bad", list(BACKWARD_OP_BAD), ids=list(BACKWARD_OP_BAD))
+def test_backward_op_rejects_bad_arguments(bad):
+    args = backward_args()
+    torch.ops.fastlstm.lstm_backward(**args)  # the good call works
+    args.update(BACKWARD_OP_BAD[bad](args))
+    with pytest.raises(RuntimeError):
+        torch.ops.fastlstm.lstm_backward(**args)
+
+
+def test_backward_op_accepts_non_contiguous_saved_tensors():
+    # A strided view of the right shape is not an error: the result equals the contiguous call's.
+    args = backward_args()
+    expected = torch.ops.fastlstm.lstm_backward(**args)
+    strided = dict(args)
+    for k in ("gates", "cells", "output", "grad_output", "grad_h_n", "grad_c_n"):
+        t = args[k]
+        strided[k] = torch.stack([t, torch.full_like(t, float("nan"))], -1)[..., 0]
+        assert not strided[k].is_contiguous()
+    for a, b in zip(torch.ops.fastlstm.lstm_backward(**strided), expected):
+        assert torch.equal(a, b)
