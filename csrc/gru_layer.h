@@ -159,7 +159,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
       dgx_t.masked_fill_(inactive, 0);
       dgh_t.masked_fill_(inactive, 0);
       dh_prev.addmm_(dgh_t, w_hh);
-      dh = at::where(m, dh_prev, dh_t);
+      // An inactive step's output is a constant zero: its gradient must not reach the state.
+      dh = at::where(m, dh_prev, dh);
     } else {
       // dh_prev is rewritten next step only after dh has been read into dh_t.
       dh_prev.addmm_(dgh_t, w_hh);

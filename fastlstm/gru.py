@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from .functional import stacked
-from .modules import _CPU_DTYPES, FastLSTM, _lengths_from_batch_sizes, _warn_once
+from .modules import _CPU_DTYPES, FastLSTM, _c10_name, _lengths_from_batch_sizes, _warn_once
 
 
 @torch.library.register_fake("fastlstm::gru_forward")
@@ -196,7 +196,12 @@ class FastGRU(nn.GRU):
                 hx = self.permute_hidden(hx, sorted_indices)
 
         self.check_forward_args(input, hx, batch_sizes)
-        # nn.GRU's C++ device/dtype messages; FastLSTM's check reads only the flat weights and the states.
+        if hx.dtype != input.dtype:
+            # What nn.GRU raises here: its first recurrent GEMM (mat1 = hx, mat2 = the weight) rejects it.
+            raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_c10_name(hx.dtype)} and "
+                               f"{_c10_name(input.dtype)}")
+        # nn.GRU's C++ device messages (RNN.cpp, shared with nn.LSTM); FastLSTM's check reads only the flat
+        # weights and the states.
         FastLSTM._check_devices(self, input, (hx,))
         if not self._supported(input):
             return self._fallback(orig_input, hx, unsorted_indices)
