@@ -8,7 +8,9 @@
 //                           r, z, n out,
 //                         gh [B,3H]: W_hh h_prev (no bias), b_hn [H] or undefined, h_prev [B,H],
 //                         hn_out [B,H]: W_hn h_prev + b_hn (saved for backward), h_out [B,H])
-//   gru_backward_pointwise(gates [B,3H] (activated r, z, n), hn [B,H], h_prev [B,H], dh [B,H],
+//   gru_backward_pointwise(gates [B,3H] (activated r, z, n), hn [B,H], h_prev [B,H],
+//                          dh_next [B,H] (gradient reaching h' from later steps), gout [B,H] (from this
+//                          step's output; the pass adds the two, saving a separate add per step),
 //                          dgx_out [B,3H]: gradients of the input pre-activations,
 //                          dgh_out [B,3H]: gradients of the recurrent pre-activations (= dgx_out in r, z),
 //                          dh_prev_out [B,H]: dh * z, the part of dh_prev that bypasses the GEMM)
@@ -146,13 +148,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
   Tensor h_prev_all = previous_states(output.contiguous(), h0, mask, reverse).contiguous();
 
   Tensor dh = grad_h_n.contiguous();
-  Tensor dh_t = at::empty({B, H}, opts);
-  Tensor dh_prev = at::empty({B, H}, opts);
+  // Two buffers for dh_prev, alternating: the pass reads dh (last step's) while writing the new one.
+  Tensor dh_buf[2] = {at::empty({B, H}, opts), at::empty({B, H}, opts)};
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    at::add_out(dh_t, dh, gout[t]);
+    Tensor dh_prev = dh_buf[s % 2];
     Tensor dgx_t = dgx[t], dgh_t = dgh[t];
-    Backend::gru_backward_pointwise(gates[t], hn[t], h_prev_all[t], dh_t, dgx_t, dgh_t, dh_prev);
+    Backend::gru_backward_pointwise(gates[t], hn[t], h_prev_all[t], dh, gout[t], dgx_t, dgh_t, dh_prev);
     if (mask.defined()) {
       const Tensor m = mask[t];
       const Tensor inactive = m.logical_not();
@@ -162,7 +164,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
       // An inactive step's output is a constant zero: its gradient must not reach the state.
       dh = at::where(m, dh_prev, dh);
     } else {
-      // dh_prev is rewritten next step only after dh has been read into dh_t.
       dh_prev.addmm_(dgh_t, w_hh);
       dh = dh_prev;
     }

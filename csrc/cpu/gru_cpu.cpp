@@ -4,8 +4,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+
+#include <cstring>
+#include <type_traits>
 
 #include "../gru_layer.h"
 #include "../lstm_math.h"
@@ -13,60 +15,86 @@
 namespace fastlstm {
 namespace {
 
-using at::vec::Vectorized;
+// Why no at::vec here: in an extension built without -mavx2, at::vec::Vectorized is the generic fallback,
+// whose exp/tanh are scalar libm calls per lane; those made the pointwise pass the largest cost of a small
+// GRU. Instead the float path below uses branch-free exp/tanh written in plain arithmetic, which GCC/Clang
+// auto-vectorize at -O3, and (on x86-64 Linux with GCC) is compiled for AVX-512, AVX2 and the baseline,
+// chosen at load time (target_clones), so the package still runs on any x86-64 CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTLSTM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTLSTM_CPU_CLONES
+#endif
+#define FASTLSTM_INLINE inline __attribute__((always_inline))
 
-// Activations for SIMD registers, plugged into the shared cell math (lstm_math.h). The same formulas as
-// lstm_cpu.cpp's, which keeps its own in an anonymous namespace.
-struct VecAct {
-  template <typename V>
-  static V sigmoid(V x) {
-    return V(1) / (V(1) + x.neg().exp());
-  }
-  template <typename V>
-  static V tanh(V x) {
-    return x.tanh();
+// exp for float, branch-free (Cephes' expf: range reduction by ln 2, degree-6 polynomial, exponent bits
+// set directly), within ~2 ulp of expf on [-87, 88]; inputs are clamped there, so sigmoid/tanh saturate
+// cleanly.
+FASTLSTM_INLINE float exp_poly(float x) {
+  x = x < 88.3762626647949f ? x : 88.3762626647949f;
+  x = x > -87.3365447504f ? x : -87.3365447504f;
+  // n = round(x / ln 2), by the 1.5 * 2^23 trick (exact for |t| < 2^22; no SSE4.1 round needed).
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.0f) - 12582912.0f;
+  x = x - n * 0.693359375f;
+  x = x - n * -2.12194440e-4f;
+  const float xx = x * x;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * xx + x + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+// Activations for the float path, plugged into the shared cell math (lstm_math.h).
+struct PolyAct {
+  static FASTLSTM_INLINE float sigmoid(float x) { return 1.0f / (1.0f + exp_poly(-x)); }
+  static FASTLSTM_INLINE float tanh(float x) {
+    // (1 - e^-2|x|) / (1 + e^-2|x|) with x's sign; near 0 that cancels, so a short odd series takes over.
+    const float ax = x < 0.0f ? -x : x;
+    const float e = exp_poly(-2.0f * ax);
+    const float big = (1.0f - e) / (1.0f + e);
+    const float xx = x * x;
+    const float small = ax * (1.0f + xx * (-0.333333333f + xx * (0.133333333f + xx * -0.0539682540f)));
+    const float r = ax < 0.0625f ? small : big;
+    return x < 0.0f ? -r : r;
   }
 };
+
+// float math for float/half/bfloat16 (PolyAct), libm for double (float64 is the accuracy path).
+template <typename acc_t>
+using ActFor = std::conditional_t<std::is_same_v<acc_t, float>, PolyAct, math::ScalarAct>;
 
 // Rows per task: below ~16K gate elements per task, threading costs more than it saves.
 inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 3 * H)); }
 
-// gates [B,3H] in/out, gh [B,3H], b_hn [H] or null, h_prev/hn_out/h_out [B,H]; rows b0..b1.
+// gates [B,3H] in/out, gh [B,3H], b_hn [H] or null, h_prev/hn_out/h_out [B,H]; rows b0..b1. Plain loops
+// over j with no aliasing between the arrays, so that the compiler vectorizes them.
 template <typename scalar_t>
-void gru_forward_rows(scalar_t* gates, const scalar_t* gh_all, const scalar_t* b_hn, const scalar_t* h_prev,
-                      scalar_t* hn_out, scalar_t* h_out, int64_t b0, int64_t b1, int64_t H) {
+FASTLSTM_INLINE void gru_forward_rows(scalar_t* __restrict__ gates, const scalar_t* __restrict__ gh_all,
+                                      const scalar_t* __restrict__ b_hn, const scalar_t* __restrict__ h_prev,
+                                      scalar_t* __restrict__ hn_out, scalar_t* __restrict__ h_out, int64_t b0,
+                                      int64_t b1, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
+  using Act = ActFor<acc_t>;
   for (int64_t b = b0; b < b1; ++b) {
-    scalar_t* g = gates + b * 3 * H;
-    const scalar_t* gh = gh_all + b * 3 * H;
-    const scalar_t* hp = h_prev + b * H;
-    scalar_t* hn = hn_out + b * H;
-    scalar_t* h = h_out + b * H;
-    int64_t j = 0;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      using V = Vectorized<scalar_t>;
-      for (; j + V::size() <= H; j += V::size()) {
-        V hnv = V::loadu(gh + 2 * H + j);
-        if (b_hn != nullptr) hnv = hnv + V::loadu(b_hn + j);
-        V r, z, n, hv;
-        math::gru::cell_forward<V, VecAct>(V::loadu(g + j), V::loadu(g + H + j), V::loadu(g + 2 * H + j),
-                                           V::loadu(gh + j), V::loadu(gh + H + j), hnv, V::loadu(hp + j), r, z,
-                                           n, hv);
-        r.store(g + j);
-        z.store(g + H + j);
-        n.store(g + 2 * H + j);
-        hnv.store(hn + j);
-        hv.store(h + j);
-      }
-    }
-    for (; j < H; ++j) {
-      acc_t hnv = acc_t(gh[2 * H + j]);
-      if (b_hn != nullptr) hnv += acc_t(b_hn[j]);
+    scalar_t* __restrict__ g = gates + b * 3 * H;
+    const scalar_t* __restrict__ gh = gh_all + b * 3 * H;
+    const scalar_t* __restrict__ hp = h_prev + b * H;
+    scalar_t* __restrict__ hn = hn_out + b * H;
+    scalar_t* __restrict__ h = h_out + b * H;
+    for (int64_t j = 0; j < H; ++j) {
       // The saved hn is rounded to the input dtype; use the rounded value, so backward sees what forward did.
-      const scalar_t hn_s = scalar_t(hnv);
+      const scalar_t hn_s = scalar_t(acc_t(gh[2 * H + j]) + (b_hn != nullptr ? acc_t(b_hn[j]) : acc_t(0)));
       acc_t r, z, n, hv;
-      math::gru::cell_forward<acc_t>(acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(gh[j]),
-                                     acc_t(gh[H + j]), acc_t(hn_s), acc_t(hp[j]), r, z, n, hv);
+      math::gru::cell_forward<acc_t, Act>(acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(gh[j]),
+                                          acc_t(gh[H + j]), acc_t(hn_s), acc_t(hp[j]), r, z, n, hv);
       g[j] = scalar_t(r);
       g[H + j] = scalar_t(z);
       g[2 * H + j] = scalar_t(n);
@@ -76,41 +104,31 @@ void gru_forward_rows(scalar_t* gates, const scalar_t* gh_all, const scalar_t* b
   }
 }
 
-// gates [B,3H], hn/h_prev/dh [B,H] in; dgx/dgh [B,3H], dh_prev [B,H] out; rows b0..b1.
+// gates [B,3H], hn/h_prev [B,H], dh_next [B,H] (gradient from the step after), gout [B,H] (this step's
+// output gradient) in; dgx/dgh [B,3H], dh_prev [B,H] out; rows b0..b1.
 template <typename scalar_t>
-void gru_backward_rows(const scalar_t* gates, const scalar_t* hn_all, const scalar_t* h_prev,
-                       const scalar_t* dh_in, scalar_t* dgx_all, scalar_t* dgh_all, scalar_t* dh_prev, int64_t b0,
-                       int64_t b1, int64_t H) {
+FASTLSTM_INLINE void gru_backward_rows(const scalar_t* __restrict__ gates, const scalar_t* __restrict__ hn_all,
+                                       const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ dh_next,
+                                       const scalar_t* __restrict__ gout, scalar_t* __restrict__ dgx_all,
+                                       scalar_t* __restrict__ dgh_all, scalar_t* __restrict__ dh_prev, int64_t b0,
+                                       int64_t b1, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
+  using Act = ActFor<acc_t>;
   for (int64_t b = b0; b < b1; ++b) {
-    const scalar_t* g = gates + b * 3 * H;
-    const scalar_t* hn = hn_all + b * H;
-    const scalar_t* hp = h_prev + b * H;
-    const scalar_t* dh = dh_in + b * H;
-    scalar_t* dgx = dgx_all + b * 3 * H;
-    scalar_t* dgh = dgh_all + b * 3 * H;
-    scalar_t* dhp = dh_prev + b * H;
-    int64_t j = 0;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      using V = Vectorized<scalar_t>;
-      for (; j + V::size() <= H; j += V::size()) {
-        V dxr, dxz, dxn, dhn, dhpv;
-        math::gru::cell_backward<V, VecAct>(V::loadu(g + j), V::loadu(g + H + j), V::loadu(g + 2 * H + j),
-                                            V::loadu(hn + j), V::loadu(hp + j), V::loadu(dh + j), dxr, dxz, dxn,
-                                            dhn, dhpv);
-        dxr.store(dgx + j);
-        dxz.store(dgx + H + j);
-        dxn.store(dgx + 2 * H + j);
-        dxr.store(dgh + j);
-        dxz.store(dgh + H + j);
-        dhn.store(dgh + 2 * H + j);
-        dhpv.store(dhp + j);
-      }
-    }
-    for (; j < H; ++j) {
+    const scalar_t* __restrict__ g = gates + b * 3 * H;
+    const scalar_t* __restrict__ hn = hn_all + b * H;
+    const scalar_t* __restrict__ hp = h_prev + b * H;
+    const scalar_t* __restrict__ dn = dh_next + b * H;
+    const scalar_t* __restrict__ go = gout + b * H;
+    scalar_t* __restrict__ dgx = dgx_all + b * 3 * H;
+    scalar_t* __restrict__ dgh = dgh_all + b * 3 * H;
+    scalar_t* __restrict__ dhp = dh_prev + b * H;
+    for (int64_t j = 0; j < H; ++j) {
       acc_t dxr, dxz, dxn, dhn, dhpv;
-      math::gru::cell_backward<acc_t>(acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(hn[j]),
-                                      acc_t(hp[j]), acc_t(dh[j]), dxr, dxz, dxn, dhn, dhpv);
+      // dh = dh_next + gout is rounded to the input dtype first, as a separate add would round it.
+      const acc_t dh = acc_t(scalar_t(acc_t(dn[j]) + acc_t(go[j])));
+      math::gru::cell_backward<acc_t, Act>(acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(hn[j]),
+                                           acc_t(hp[j]), dh, dxr, dxz, dxn, dhn, dhpv);
       dgx[j] = scalar_t(dxr);
       dgx[H + j] = scalar_t(dxz);
       dgx[2 * H + j] = scalar_t(dxn);
@@ -120,6 +138,39 @@ void gru_backward_rows(const scalar_t* gates, const scalar_t* hn_all, const scal
       dhp[j] = scalar_t(dhpv);
     }
   }
+}
+
+// One compiled entry per dtype, cloned per instruction set (templates cannot carry target_clones).
+#define FASTLSTM_GRU_ROWS(T, NAME)                                                                          \
+  FASTLSTM_CPU_CLONES void gru_forward_rows_##NAME(T* g, const T* gh, const T* b, const T* hp, T* hn, T* h, \
+                                                   int64_t b0, int64_t b1, int64_t H) {                     \
+    gru_forward_rows<T>(g, gh, b, hp, hn, h, b0, b1, H);                                                    \
+  }                                                                                                         \
+  FASTLSTM_CPU_CLONES void gru_backward_rows_##NAME(const T* g, const T* hn, const T* hp, const T* dn,      \
+                                                    const T* go, T* dgx, T* dgh, T* dhp, int64_t b0,        \
+                                                    int64_t b1, int64_t H) {                                \
+    gru_backward_rows<T>(g, hn, hp, dn, go, dgx, dgh, dhp, b0, b1, H);                                      \
+  }
+FASTLSTM_GRU_ROWS(float, f32)
+FASTLSTM_GRU_ROWS(double, f64)
+FASTLSTM_GRU_ROWS(at::BFloat16, bf16)
+FASTLSTM_GRU_ROWS(at::Half, f16)
+#undef FASTLSTM_GRU_ROWS
+
+template <typename T>
+void fwd_rows(T* g, const T* gh, const T* b, const T* hp, T* hn, T* h, int64_t b0, int64_t b1, int64_t H) {
+  if constexpr (std::is_same_v<T, float>) gru_forward_rows_f32(g, gh, b, hp, hn, h, b0, b1, H);
+  if constexpr (std::is_same_v<T, double>) gru_forward_rows_f64(g, gh, b, hp, hn, h, b0, b1, H);
+  if constexpr (std::is_same_v<T, at::BFloat16>) gru_forward_rows_bf16(g, gh, b, hp, hn, h, b0, b1, H);
+  if constexpr (std::is_same_v<T, at::Half>) gru_forward_rows_f16(g, gh, b, hp, hn, h, b0, b1, H);
+}
+template <typename T>
+void bwd_rows(const T* g, const T* hn, const T* hp, const T* dn, const T* go, T* dgx, T* dgh, T* dhp, int64_t b0,
+              int64_t b1, int64_t H) {
+  if constexpr (std::is_same_v<T, float>) gru_backward_rows_f32(g, hn, hp, dn, go, dgx, dgh, dhp, b0, b1, H);
+  if constexpr (std::is_same_v<T, double>) gru_backward_rows_f64(g, hn, hp, dn, go, dgx, dgh, dhp, b0, b1, H);
+  if constexpr (std::is_same_v<T, at::BFloat16>) gru_backward_rows_bf16(g, hn, hp, dn, go, dgx, dgh, dhp, b0, b1, H);
+  if constexpr (std::is_same_v<T, at::Half>) gru_backward_rows_f16(g, hn, hp, dn, go, dgx, dgh, dhp, b0, b1, H);
 }
 
 struct CpuGruBackend {
@@ -134,25 +185,26 @@ struct CpuGruBackend {
       scalar_t* hn = hn_out.data_ptr<scalar_t>();
       scalar_t* h = h_out.data_ptr<scalar_t>();
       at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
-        gru_forward_rows<scalar_t>(g, ghp, bp, hp, hn, h, b0, b1, H);
+        fwd_rows<scalar_t>(g, ghp, bp, hp, hn, h, b0, b1, H);
       });
     });
   }
 
   static void gru_backward_pointwise(const Tensor& gates, const Tensor& hn, const Tensor& h_prev,
-                                     const Tensor& dh, const Tensor& dgx, const Tensor& dgh,
-                                     const Tensor& dh_prev) {
+                                     const Tensor& dh_next, const Tensor& gout, const Tensor& dgx,
+                                     const Tensor& dgh, const Tensor& dh_prev) {
     const int64_t B = gates.size(0), H = hn.size(1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gates.scalar_type(), "fastlstm_gru_backward", [&] {
       const scalar_t* g = gates.data_ptr<scalar_t>();
       const scalar_t* hnp = hn.data_ptr<scalar_t>();
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      const scalar_t* d = dh.data_ptr<scalar_t>();
+      const scalar_t* dn = dh_next.data_ptr<scalar_t>();
+      const scalar_t* go = gout.data_ptr<scalar_t>();
       scalar_t* dx = dgx.data_ptr<scalar_t>();
       scalar_t* dhh = dgh.data_ptr<scalar_t>();
       scalar_t* dhp = dh_prev.data_ptr<scalar_t>();
       at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
-        gru_backward_rows<scalar_t>(g, hnp, hp, d, dx, dhh, dhp, b0, b1, H);
+        bwd_rows<scalar_t>(g, hnp, hp, dn, go, dx, dhh, dhp, b0, b1, H);
       });
     });
   }
