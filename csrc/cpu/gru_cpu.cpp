@@ -25,7 +25,11 @@ namespace {
 #else
 #define FASTLSTM_CPU_CLONES
 #endif
+#if defined(__GNUC__)
 #define FASTLSTM_INLINE inline __attribute__((always_inline))
+#else
+#define FASTLSTM_INLINE inline
+#endif
 
 // exp for float, branch-free (Cephes' expf: range reduction by ln 2, degree-6 polynomial, exponent bits
 // set directly), within ~2 ulp of expf on [-87, 88]; inputs are clamped there, so sigmoid/tanh saturate
