@@ -26,6 +26,11 @@ def step(m, x):
     out.sum().backward()
 
 
+def infer(m, x):
+    with torch.inference_mode():
+        m(x)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -33,6 +38,8 @@ def main():
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with process CPU time instead of wall time (robust on a loaded machine; "
                          "sums over threads, so use with --threads 1)")
+    ap.add_argument("--inference", action="store_true", help="time eval-mode forward under inference_mode "
+                    "instead of forward+backward")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ratios_gru, rows = [], []
@@ -41,15 +48,17 @@ def main():
         ref = nn.GRU(I, H, L, bidirectional=bi)
         mods = {"nn.GRU": ref, "FastGRU": fastlstm.FastGRU.from_gru(ref),
                 "FastLSTM": fastlstm.FastLSTM(I, H, L, bidirectional=bi)}
-        x = torch.randn(T, B, I, requires_grad=True)
+        x = torch.randn(T, B, I, requires_grad=not a.inference)
+        fn = infer if a.inference else step
         for m in mods.values():
-            step(m, x)  # warm-up
+            m.train(not a.inference)
+            fn(m, x)  # warm-up
         t = {}
         # Interleave: several short rounds, alternating contenders; median of all measurements per contender.
         meas = {k: [] for k in mods}
         for _ in range(3):
             for k, m in mods.items():
-                r = tb.Timer("step(m, x)", globals=dict(step=step, m=m, x=x), num_threads=a.threads,
+                r = tb.Timer("step(m, x)", globals=dict(step=fn, m=m, x=x), num_threads=a.threads,
                              **({"timer": time.process_time} if a.cpu_time else {}))
                 meas[k].append(r.blocked_autorange(min_run_time=a.min_run).median)
         t = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in meas.items()}
