@@ -38,3 +38,24 @@ TORCH_LIBRARY(fastlstm, m) {
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias, Tensor grad_w_hr)");
 }
+
+// GRU (nn.GRU's semantics, gate order r, z, n). One layer, one direction, like the LSTM ops.
+// Shapes: input [T, B, I], h0 [B, H], w_ih [3H, I], w_hh [3H, H], b_ih/b_hh [3H], lengths and reverse as
+// above. b_ih and the r, z parts of b_hh are folded into the all-steps input GEMM; b_hn stays inside
+// r ⊙ (W_hn h + b_hn), so it is added per step.
+// Saved for backward: gates [T, B, 3H] (activated r, z, n) and hn [T, B, H] (W_hn h_{t-1} + b_hn), both
+// in the input dtype. The state each step started from is rebuilt from output and h0.
+TORCH_LIBRARY_FRAGMENT(fastlstm, m) {
+  m.def(
+      "gru_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n, Tensor gates, Tensor hn)");
+  m.def(
+      "gru_inference(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n)");
+  // grad_b_ih [3H] and grad_b_hh [3H] differ in their n part (b_hn sits inside r ⊙ (…)).
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? lengths, Tensor output, Tensor gates, Tensor hn, bool reverse) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
+}

@@ -86,6 +86,35 @@ inline Tensor fold_bias(const OptTensor& b_ih, const OptTensor& b_hh) {
   return Tensor();
 }
 
+// The state each step started from, [T, B, P]: the previous step's output, or h0 where there was none (the
+// first step, or in a reversed packed sequence the step after the element's end). output [T, B, P] as the
+// forward returned it, h0 [B, P], mask [T, B, 1] bool or undefined.
+inline Tensor previous_states(const Tensor& output, const Tensor& h0, const Tensor& mask, bool reverse) {
+  const int64_t T = output.size(0);
+  Tensor h_prev_all = at::empty(output.sizes(), output.options());
+  if (T > 0) {
+    const Tensor first = reverse ? h_prev_all[T - 1] : h_prev_all[0];
+    first.copy_(h0);
+    if (T > 1) {
+      if (reverse) {
+        h_prev_all.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
+      } else {
+        h_prev_all.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
+      }
+      if (mask.defined()) {
+        Tensor prev_active = at::zeros_like(mask);
+        if (reverse) {
+          prev_active.narrow(0, 0, T - 1).copy_(mask.narrow(0, 1, T - 1));
+        } else {
+          prev_active.narrow(0, 1, T - 1).copy_(mask.narrow(0, 0, T - 1));
+        }
+        h_prev_all = at::where(prev_active, h_prev_all, h0.unsqueeze(0));
+      }
+    }
+  }
+  return h_prev_all;
+}
+
 // Returns (output [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], cells [T,B,H]); with training == false,
 // gates and cells are undefined and only two [B,H] cell buffers are used.
 template <class Backend>
@@ -232,29 +261,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor dg2 = dgates.view({T * B, 4 * H});
   Tensor grad_input = at::mm(dg2, w_ih).view({T, B, I});
   Tensor grad_w_ih = at::mm(dg2.t(), input.reshape({T * B, I}));
-  // The state each step started from: the previous step's output, or h0 where there was none (the first
-  // step, or in a reversed packed sequence the step after the element's end).
-  Tensor h_prev_all = at::empty({T, B, P}, opts);
-  if (T > 0) {
-    const Tensor first = reverse ? h_prev_all[T - 1] : h_prev_all[0];
-    first.copy_(h0);
-    if (T > 1) {
-      if (reverse) {
-        h_prev_all.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
-      } else {
-        h_prev_all.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
-      }
-      if (mask.defined()) {
-        Tensor prev_active = at::zeros_like(mask);
-        if (reverse) {
-          prev_active.narrow(0, 0, T - 1).copy_(mask.narrow(0, 1, T - 1));
-        } else {
-          prev_active.narrow(0, 1, T - 1).copy_(mask.narrow(0, 0, T - 1));
-        }
-        h_prev_all = at::where(prev_active, h_prev_all, h0.unsqueeze(0));
-      }
-    }
-  }
+  Tensor h_prev_all = previous_states(output, h0, mask, reverse);
   Tensor grad_w_hh = at::mm(dg2.t(), h_prev_all.view({T * B, P}));
   Tensor grad_bias = at::sum(dg2, {0}, /*keepdim=*/false, acc).to(dtype);
   // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.

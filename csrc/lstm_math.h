@@ -68,5 +68,40 @@ FASTLSTM_HOST_DEVICE inline void cell_backward(T i, T f, T g, T o, T c, T c_prev
   dc_prev = dc * f;
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// GRU cell (nn.GRU's conventions): gate order r, z, n.
+//   r = sigmoid(xr + hr), z = sigmoid(xz + hz), n = tanh(xn + r * hn), h' = (1 - z) * n + z * h
+// where x* = W_i* x + b_i* (+ b_hr, b_hz folded in for r, z) and h* = W_h* h (hn including b_hn: it sits
+// inside r * (...), so it cannot be folded into the input projection).
+namespace gru {
+
+// One cell, forward: the pre-activations and the previous state in; the activated gates (saved for
+// backward) and the new state out. h' is written n + z * (h - n), ATen's form, for matching rounding.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void cell_forward(T xr, T xz, T xn, T hr, T hz, T hn, T h_prev, T& r, T& z, T& n,
+                                              T& h) {
+  r = Act::sigmoid(xr + hr);
+  z = Act::sigmoid(xz + hz);
+  n = Act::tanh(xn + r * hn);
+  h = n + z * (h_prev - n);
+}
+
+// One cell, backward. Given the saved r, z, n, hn (= W_hn h_prev + b_hn), the previous state and the
+// gradient dh reaching h', produce the gradients of the input pre-activations (dxr, dxz, dxn), of the
+// recurrent n pre-activation (dhn; those of hr, hz equal dxr, dxz), and the direct part of dh_prev
+// (dh * z; the rest is the recurrent GEMM).
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void cell_backward(T r, T z, T n, T hn, T h_prev, T dh, T& dxr, T& dxz, T& dxn,
+                                               T& dhn, T& dh_prev) {
+  const T one(1);
+  dxn = dh * (one - z) * (one - n * n);
+  dxz = dh * (h_prev - n) * z * (one - z);
+  dxr = dxn * hn * r * (one - r);
+  dhn = dxn * r;
+  dh_prev = dh * z;
+}
+
+}  // namespace gru
 }  // namespace math
 }  // namespace fastlstm

@@ -1,7 +1,7 @@
 """The functional multi-layer LSTM: stacks fastlstm's one-layer ops over layers and directions."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,19 +31,41 @@ def lstm(
     Returns output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H]. Dropout with probability `dropout` is
     applied to the outputs of every layer but the last when `training`.
     """
+    x, (h_n, c_n) = stacked(lstm_layer, input, (h0, c0), params, num_layers, bidirectional, dropout,
+                            training, lengths)
+    return x, h_n, c_n
+
+
+def stacked(
+    layer_fn: Callable[..., tuple[Tensor, ...]],
+    input: Tensor,
+    states: Sequence[Tensor],
+    params: Sequence[tuple],
+    num_layers: int,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Optional[Tensor] = None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Any one-layer recurrent op stacked over layers and directions (nn.RNNBase's order), time-major.
+
+    layer_fn(x [T, B, *], *states_k, *params[k], lengths, reverse) -> (output [T, B, P], *final_states_k),
+    e.g. lstm_layer (states h, c) or gru_layer (state h). input [T, B, I]; each of `states` [L*D, B, *].
+    Returns output [T, B, D*P] and the final states stacked like `states`. Dropout with probability
+    `dropout` is applied to the outputs of every layer but the last when `training`.
+    """
     D = 2 if bidirectional else 1
-    h_n, c_n = [], []
+    finals: list[list[Tensor]] = [[] for _ in states]
     x = input
     for layer in range(num_layers):
         outs = []
         for d in range(D):
             k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = params[k]
-            out, h, c = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, lengths, d == 1)
+            out, *final = layer_fn(x, *(s[k] for s in states), *params[k], lengths, d == 1)
             outs.append(out)
-            h_n.append(h)
-            c_n.append(c)
+            for acc, f in zip(finals, final):
+                acc.append(f)
         x = outs[0] if D == 1 else torch.cat(outs, 2)
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
-    return x, torch.stack(h_n), torch.stack(c_n)
+    return x, tuple(torch.stack(f) for f in finals)

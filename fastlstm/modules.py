@@ -253,16 +253,19 @@ def _c10_name(dtype: torch.dtype) -> str:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every torch.nn.LSTM inside ``model`` with a FastLSTM, in place, and return ``model``.
+    """Replace every torch.nn.LSTM (nn.GRU) inside ``model`` with a FastLSTM (FastGRU), in place; return it.
 
-    Each torch.nn.LSTM submodule becomes a FastLSTM with the same weights, device, dtype and train/eval
-    mode. Returns the model; if ``model`` is itself an nn.LSTM, the returned FastLSTM replaces it.
+    Each submodule swapped keeps its weights, device, dtype and train/eval mode. Returns the model; if
+    ``model`` is itself an nn.LSTM or nn.GRU, the returned fast module replaces it.
     """
-    if type(model) is nn.LSTM:
-        return FastLSTM.from_lstm(model)
+    from .gru import FastGRU  # here, not at the top: fastlstm.gru imports this module
+
+    swap = {nn.LSTM: FastLSTM.from_lstm, nn.GRU: FastGRU.from_gru}
+    if type(model) in swap:
+        return swap[type(model)](model)
     for name, child in list(model.named_children()):
-        if type(child) is nn.LSTM:
-            setattr(model, name, FastLSTM.from_lstm(child))
+        if type(child) in swap:
+            setattr(model, name, swap[type(child)](child))
         else:
             convert(child)
     return model

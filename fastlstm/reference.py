@@ -99,3 +99,82 @@ def module_params(m: torch.nn.LSTM) -> list[tuple]:
                         getattr(m, "bias_hh" + s, None) if m.bias else None,
                         getattr(m, "weight_hr" + s, None) if m.proj_size > 0 else None))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# GRU (nn.GRU's math: gate order r, z, n; b_hn inside r * (...)).
+
+def gru_cell_ref(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor]) -> Tensor:
+    """One step. x [B, I], h [B, H] -> h' [B, H]."""
+    gx = x @ w_ih.t()
+    gh = h @ w_hh.t()
+    if b_ih is not None:
+        gx = gx + b_ih
+    if b_hh is not None:
+        gh = gh + b_hh
+    xr, xz, xn = gx.chunk(3, dim=1)
+    hr, hz, hn = gh.chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def gru_layer_ref(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih=None, b_hh=None,
+                  lengths: Optional[Tensor] = None, reverse: bool = False,
+                  compute_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """One GRU layer, one direction; the contract of torch.ops.fastlstm.gru_forward's first 2 outputs.
+
+    input [T, B, I], h0 [B, H] -> (output [T, B, H], h_n [B, H]) in input's dtype. With lengths [B], element
+    b only runs steps t < lengths[b]; elsewhere its state is held and its output is zero.
+    """
+    dt = input.dtype
+    cast = (lambda t: None if t is None else t.to(compute_dtype))
+    x, h = cast(input), cast(h0)
+    w = [cast(t) for t in (w_ih, w_hh, b_ih, b_hh)]
+    T = x.shape[0]
+    outs: list[Optional[Tensor]] = [None] * T
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    for t in steps:
+        h_new = gru_cell_ref(x[t], h, *w)
+        if lengths is not None:
+            active = (t < lengths.to(x.device)).unsqueeze(1)
+            h = torch.where(active, h_new, h)
+            outs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        else:
+            h = h_new
+            outs[t] = h_new
+    out = torch.stack(outs) if T else x.new_zeros(0, x.shape[1], h.shape[1])
+    return out.to(dt), h.to(dt)
+
+
+def gru_ref(input: Tensor, hx: Optional[Tensor], params: Sequence[tuple], num_layers: int,
+            bidirectional: bool = False, lengths: Optional[Tensor] = None,
+            compute_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """The stacked GRU, time-major, no dropout: nn.GRU's math written out.
+
+    input [T, B, I]; hx = h0 [L*D, B, H] or None for zeros; params: one (w_ih, w_hh, b_ih, b_hh) per layer
+    and direction in nn.GRU's order (see gru_module_params). Returns (output [T, B, D*H], h_n [L*D, B, H]).
+    """
+    D = 2 if bidirectional else 1
+    T, B, _ = input.shape
+    H = params[0][1].shape[1]
+    if hx is None:
+        hx = input.new_zeros(num_layers * D, B, H)
+    x, hs = input, []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            o, h = gru_layer_ref(x, hx[k], *params[k], lengths=lengths, reverse=d == 1,
+                                 compute_dtype=compute_dtype)
+            outs.append(o)
+            hs.append(h)
+        x = torch.cat(outs, 2)
+    return x, torch.stack(hs)
+
+
+def gru_module_params(m: torch.nn.GRU) -> list[tuple]:
+    """An nn.GRU's (or FastGRU's) parameters as gru_ref's `params`: (w_ih, w_hh, b_ih, b_hh) each."""
+    return [p[:4] for p in module_params(m)]
