@@ -16,6 +16,7 @@ from . import ops  # noqa: E402,F401  (registers the fake kernels)
 from .functional import lstm  # noqa: E402
 from .modules import FastLSTM, convert, has_kernels  # noqa: E402
 from .ops import lstm_layer  # noqa: E402
+from .peephole import PeepholeLSTM, peephole_layer  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FastLSTM", "convert", "lstm", "lstm_layer", "has_kernels"]
+__all__ = ["FastLSTM", "convert", "lstm", "lstm_layer", "has_kernels", "PeepholeLSTM", "peephole_layer"]

@@ -1,7 +1,7 @@
 """The functional multi-layer LSTM: stacks fastlstm's one-layer ops over layers and directions."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ def lstm(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Optional[Tensor] = None,
+    layer_fn: Callable[..., tuple[Tensor, Tensor, Tensor]] = lstm_layer,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A stacked, optionally bidirectional LSTM, time-major.
 
@@ -30,6 +31,10 @@ def lstm(
     direction before reverse); lengths int64 [B] for padded variable-length sequences (on input's device).
     Returns output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H]. Dropout with probability `dropout` is
     applied to the outputs of every layer but the last when `training`.
+
+    `layer_fn` runs one layer in one direction: layer_fn(x, h0, c0, *params[k], lengths=, reverse=) ->
+    (output, h_n, c_n). It is lstm_layer by default; variants of the LSTM cell with the same state (e.g.
+    fastlstm.peephole.peephole_layer, whose params carry peephole weights instead of w_hr) reuse this stacking.
     """
     D = 2 if bidirectional else 1
     h_n, c_n = [], []
@@ -38,8 +43,7 @@ def lstm(
         outs = []
         for d in range(D):
             k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = params[k]
-            out, h, c = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, lengths, d == 1)
+            out, h, c = layer_fn(x, h0[k], c0[k], *params[k], lengths=lengths, reverse=d == 1)
             outs.append(out)
             h_n.append(h)
             c_n.append(c)
