@@ -80,7 +80,7 @@ inline void addmm_into(const Tensor& out, const Tensor& a, const Tensor& b) {
 // no mask.
 inline Tensor step_start_states(const Tensor& states, const Tensor& init, const Tensor& mask, bool reverse) {
   const int64_t T = states.size(0);
-  Tensor out = at::empty_like(states);
+  Tensor out = at::empty(states.sizes(), states.options());
   if (T == 0) return out;
   (reverse ? out[T - 1] : out[0]).copy_(init);
   if (T == 1) return out;
@@ -185,8 +185,8 @@ template <class Backend>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole_layer_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_ci,
-    const Tensor& w_cf, const Tensor& w_co, const OptTensor& lengths, const Tensor& output, const Tensor& gates,
-    const Tensor& cells, bool reverse) {
+    const Tensor& w_cf, const Tensor& w_co, const OptTensor& lengths, const Tensor& output, const Tensor& gates_in,
+    const Tensor& cells_in, bool reverse) {
   check_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -194,8 +194,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const auto dtype = input.scalar_type();
   const auto acc = acc_type(dtype);
   const auto opts = input.options();
-  TORCH_CHECK(grad_output.sizes() == output.sizes() && gates.size(0) == T && cells.size(0) == T,
-              "fastlstm: peephole_backward got tensors of inconsistent shapes");
+  // The pointwise passes index gates/cells/grads as dense [B, 4H] / [B, H] rows: a wrong shape, dtype or
+  // device in a direct call would read out of bounds, so check all of them and make them contiguous.
+  const auto expect = [&](const Tensor& t, const char* name, at::IntArrayRef shape, at::ScalarType type) {
+    TORCH_CHECK(t.sizes() == shape, "fastlstm: peephole_backward: ", name, " must be ", shape, ", got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == type, "fastlstm: peephole_backward: ", name, " must be ", type, ", got ",
+                t.scalar_type());
+    TORCH_CHECK(t.device() == input.device(), "fastlstm: peephole_backward: ", name, " must be on ",
+                input.device(), ", got ", t.device());
+  };
+  expect(grad_output, "grad_output", {T, B, H}, dtype);
+  expect(grad_h_n, "grad_h_n", {B, H}, dtype);
+  expect(grad_c_n, "grad_c_n", {B, H}, dtype);
+  expect(output, "output", {T, B, H}, dtype);
+  expect(gates_in, "gates", {T, B, 4 * H}, dtype);
+  expect(cells_in, "cells", {T, B, H}, acc);
+  const Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous();
 
   Tensor gout = grad_output.contiguous();
   Tensor dgates = at::empty({T, B, 4 * H}, opts);
@@ -229,11 +244,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       dc_prev.addmm_(dg_t.narrow(1, 0, 2 * H).to(acc), w_cif);
     }
     if (mask.defined()) {
-      // An inactive element passes its state's gradients through unchanged and feeds no weight.
+      // An inactive element passes its state's gradients through unchanged and feeds no weight. Its output
+      // there is a constant zero, so grad_output at that step is dropped (dh, not dh_t, is carried).
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      dh = at::where(m, at::mm(dg_t, w_hh), dh_t);
+      dh = at::where(m, at::mm(dg_t, w_hh), dh);
     } else {
       dh = at::mm(dg_t, w_hh);
     }
