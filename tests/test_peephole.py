@@ -410,3 +410,25 @@ def test_op_rejects_mismatched_peepholes():
     args[9] = torch.randn(2, 2)  # w_co [H, H] beside [H] ones
     with pytest.raises(RuntimeError, match="must all be"):
         torch.ops.fastlstm.peephole_forward(*args)
+
+
+# ------------------------------------------ CUDA (when there is one) ------------------------------------------
+
+HAS_PEEPHOLE_CUDA = torch.cuda.is_available() and fastlstm.peephole._HAS["cuda"]
+
+
+@pytest.mark.skipif(not HAS_PEEPHOLE_CUDA, reason="no CUDA device, or fastlstm built without CUDA kernels")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("kind", ["tensor", "packed_unsorted"])
+def test_cuda_matches_oracle(mode, dtype, kind):
+    c = dict(num_layers=2, bidirectional=True, batch_first=False, bias=True, hx=True, kind=kind, T=6, B=5, I=17,
+             H=37, dtype=dtype)
+    m = make_module(c, mode)
+    x, hx, lengths = make_inputs(c)
+    ref = run_ref(m, c, x, hx, lengths)
+    m = m.cuda()
+    fo, fg = run_fast(m, c, x.cuda(), tuple(t.cuda() for t in hx), lengths)
+    assert fo[0].is_cuda and fg["weight_co_l1_reverse"].is_cuda
+    fast = ([t.cpu() for t in fo], {k: v.cpu() for k, v in fg.items()})
+    compare(fast, ref, TOL[dtype], f"cuda {mode} {kind}")
