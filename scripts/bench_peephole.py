@@ -1,7 +1,7 @@
 """PeepholeLSTM against FastLSTM and the oracle loop on the CPU, float32 (issue 6's speed target: the diagonal
 mode within 1.2x of FastLSTM on the same shape).
 
-Usage: PYTHONPATH=. python scripts/bench_peephole.py [--rounds N] [--oracle] [--shapes 0,1,...]
+Usage: PYTHONPATH=. python scripts/bench_peephole.py [--rounds N] [--oracle] [--shapes 0,1,...] [--threads N]
 
 Every contender of one (shape, training/inference) cell is timed in the same rounds, interleaved (round r
 times A, B, C, ... before round r+1), with torch.utils.benchmark; the figure is the median over rounds of
@@ -60,7 +60,10 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per contender per round (roughly)")
     ap.add_argument("--oracle", action="store_true", help="also time the oracle loop (slow)")
     ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))))
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
           f", float32; median over {args.rounds} interleaved rounds, ms per call")
     print("| T,B,I,H | layers,dirs | mode | FastLSTM | Peephole diag | diag / Fast | Peephole full | full / Fast"
