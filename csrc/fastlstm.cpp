@@ -37,6 +37,29 @@ TORCH_LIBRARY(fastlstm, m) {
       "Tensor cells, bool reverse) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias, Tensor grad_w_hr)");
+
+  // Peephole LSTM (issue 6), one layer in one direction; no proj_size (h0 is [B, H], w_hh [4H, H]).
+  // w_ci, w_cf, w_co are the peepholes of the input, forget and output gates: all [H] ("diagonal":
+  // elementwise with the cell state) or all [H, H] ("full": c @ w^T); the mode follows from their rank.
+  //   i = sigmoid(x_i + w_ci . c_{t-1}), f = sigmoid(x_f + w_cf . c_{t-1}), g = tanh(x_g),
+  //   c_t = f * c_{t-1} + i * g, o = sigmoid(x_o + w_co . c_t), h_t = o * tanh(c_t)
+  // where x = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh in nn.LSTM's gate order i, f, g, o. Other arguments,
+  // lengths/reverse semantics and the saved gates/cells are as for the lstm_* ops above.
+  m.def(
+      "peephole_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor w_ci, Tensor w_cf, Tensor w_co, Tensor? lengths, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
+  m.def(
+      "peephole_inference(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor w_ci, Tensor w_cf, Tensor w_co, Tensor? lengths, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
+  // grad_bias is the gradient of b_ih (== that of b_hh), [4H]; grad_w_ci/cf/co have the shapes of w_ci/cf/co.
+  m.def(
+      "peephole_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, "
+      "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor w_ci, Tensor w_cf, Tensor w_co, Tensor? lengths, "
+      "Tensor output, Tensor gates, Tensor cells, bool reverse) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_bias, Tensor grad_w_ci, Tensor grad_w_cf, Tensor grad_w_co)");
 }
 
 // GRU (nn.GRU's semantics, gate order r, z, n). One layer, one direction, like the LSTM ops.

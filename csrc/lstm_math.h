@@ -105,3 +105,89 @@ FASTLSTM_HOST_DEVICE inline void cell_backward(T r, T z, T n, T hn, T h_prev, T 
 }  // namespace gru
 }  // namespace math
 }  // namespace fastlstm
+
+// ===================================== Peephole LSTM (issue 6) =====================================
+// The input and forget gates see the previous cell state, the output gate sees the new one (Gers,
+// Schraudolph & Schmidhuber 2002; ONNX's LSTM, Keras):
+//   i = sigmoid(xi + p_i . c_prev), f = sigmoid(xf + p_f . c_prev), g = tanh(xg)
+//   c = f * c_prev + i * g,  o = sigmoid(xo + p_o . c),  h = o * tanh(c)
+// where `.` is an elementwise product with a vector [H] ("diagonal" peepholes) or a product with a matrix
+// [H, H] ("full": c @ W^T). The diagonal form is one fused pass (peephole_cell_forward/backward). The full
+// form cannot be: its peephole terms mix the H units, so they are GEMMs, and o needs c_t, which only exists
+// after the i/f/g half of the cell has run. A full step is therefore split at that seam into two passes,
+// with the GEMMs in between (see csrc/peephole_layer.h):
+//   forward:  x_if += c_prev @ [W_ci; W_cf]^T  ->  peephole_forward_c  ->  x_o += c @ W_co^T
+//             ->  peephole_forward_h
+//   backward: peephole_backward_h  ->  dc += dxo @ W_co  ->  peephole_backward_c
+//             ->  dc_prev += [dxi, dxf] @ [W_ci; W_cf]
+// The diagonal functions are written as the same two halves with the elementwise peephole terms inlined, so
+// both modes share one statement of the cell's math.
+
+namespace fastlstm {
+namespace math {
+
+// First half of a peephole cell, forward: i, f (their peephole terms already in xi, xf), g and the new
+// cell state.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void peephole_forward_c(T xi, T xf, T xg, T c_prev, T& i, T& f, T& g, T& c) {
+  i = Act::sigmoid(xi);
+  f = Act::sigmoid(xf);
+  g = Act::tanh(xg);
+  c = f * c_prev + i * g;
+}
+
+// Second half, forward: the output gate (its peephole term on the NEW cell state already in xo) and h.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void peephole_forward_h(T xo, T c, T& o, T& h) {
+  o = Act::sigmoid(xo);
+  h = o * Act::tanh(c);
+}
+
+// One diagonal-peephole cell, forward; p_i, p_f, p_o are this unit's peephole weights.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void peephole_cell_forward(T xi, T xf, T xg, T xo, T c_prev, T p_i, T p_f, T p_o,
+                                                       T& i, T& f, T& g, T& o, T& c, T& h) {
+  peephole_forward_c<T, Act>(xi + p_i * c_prev, xf + p_f * c_prev, xg, c_prev, i, f, g, c);
+  peephole_forward_h<T, Act>(xo + p_o * c, c, o, h);
+}
+
+// Second half, backward (it runs first): from dh and the gradient dc_next reaching c from the step after,
+// the output gate's pre-activation gradient dxo and the gradient of c through h only. The output gate's
+// peephole path (dxo . p_o) still has to be added to dc.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void peephole_backward_h(T o, T c, T dh, T dc_next, T& dxo, T& dc) {
+  const T one(1);
+  const T tc = Act::tanh(c);
+  dxo = dh * tc * o * (one - o);
+  dc = dc_next + dh * o * (one - tc * tc);
+}
+
+// First half, backward: from the full gradient dc of the cell state, the pre-activation gradients of i, f,
+// g and the gradient of c_prev through the cell update only. The i and f peephole paths
+// (dxi . p_i + dxf . p_f) still have to be added to dc_prev.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void peephole_backward_c(T i, T f, T g, T c_prev, T dc, T& dxi, T& dxf, T& dxg,
+                                                     T& dc_prev) {
+  const T one(1);
+  dxi = dc * g * i * (one - i);
+  dxf = dc * c_prev * f * (one - f);
+  dxg = dc * i * (one - g * g);
+  dc_prev = dc * f;
+}
+
+// One diagonal-peephole cell, backward: both halves with the three peephole paths added in between.
+// The peephole weights' own gradients are sums over steps and batch of dxi * c_prev, dxf * c_prev and
+// dxo * c; the layer driver forms them after the step loop.
+template <typename T, typename Act = ScalarAct>
+FASTLSTM_HOST_DEVICE inline void peephole_cell_backward(T i, T f, T g, T o, T c, T c_prev, T p_i, T p_f, T p_o,
+                                                        T dh, T dc_next, T& dxi, T& dxf, T& dxg, T& dxo,
+                                                        T& dc_prev) {
+  T dc;
+  peephole_backward_h<T, Act>(o, c, dh, dc_next, dxo, dc);
+  dc = dc + dxo * p_o;
+  peephole_backward_c<T, Act>(i, f, g, c_prev, dc, dxi, dxf, dxg, dc_prev);
+  dc_prev = dc_prev + dxi * p_i + dxf * p_f;
+}
+
+}  // namespace math
+}  // namespace fastlstm

@@ -17,6 +17,8 @@ from .functional import lstm  # noqa: E402
 from .modules import FastLSTM, convert, has_kernels  # noqa: E402
 from .ops import lstm_layer  # noqa: E402
 from .gru import FastGRU, gru, gru_layer  # noqa: E402
+from .peephole import PeepholeLSTM, peephole_layer  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FastLSTM", "FastGRU", "convert", "lstm", "lstm_layer", "gru", "gru_layer", "has_kernels"]
+__all__ = ["FastLSTM", "FastGRU", "PeepholeLSTM", "convert", "lstm", "lstm_layer", "gru", "gru_layer",
+           "peephole_layer", "has_kernels"]

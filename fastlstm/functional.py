@@ -23,6 +23,7 @@ def lstm(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Optional[Tensor] = None,
+    layer_fn: Callable[..., tuple[Tensor, Tensor, Tensor]] = lstm_layer,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A stacked, optionally bidirectional LSTM, time-major.
 
@@ -30,8 +31,12 @@ def lstm(
     direction before reverse); lengths int64 [B] for padded variable-length sequences (on input's device).
     Returns output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H]. Dropout with probability `dropout` is
     applied to the outputs of every layer but the last when `training`.
+
+    `layer_fn` runs one layer in one direction: layer_fn(x, h0, c0, *params[k], lengths, reverse) ->
+    (output, h_n, c_n). It is lstm_layer by default; variants of the LSTM cell with the same state (e.g.
+    fastlstm.peephole.peephole_layer, whose params carry peephole weights instead of w_hr) reuse this stacking.
     """
-    x, (h_n, c_n) = stacked(lstm_layer, input, (h0, c0), params, num_layers, bidirectional, dropout,
+    x, (h_n, c_n) = stacked(layer_fn, input, (h0, c0), params, num_layers, bidirectional, dropout,
                             training, lengths)
     return x, h_n, c_n
 

@@ -178,3 +178,102 @@ def gru_ref(input: Tensor, hx: Optional[Tensor], params: Sequence[tuple], num_la
 def gru_module_params(m: torch.nn.GRU) -> list[tuple]:
     """An nn.GRU's (or FastGRU's) parameters as gru_ref's `params`: (w_ih, w_hh, b_ih, b_hh) each."""
     return [p[:4] for p in module_params(m)]
+
+
+# ------------------------------------- Peephole LSTM (issue 6) -------------------------------------
+
+def _peep(c: Tensor, w: Tensor) -> Tensor:
+    """A peephole term: c [B, H] with w [H] (diagonal, elementwise) or [H, H] (full, c @ w^T)."""
+    return c * w if w.dim() == 1 else c @ w.t()
+
+
+def peephole_lstm_cell_ref(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                           b_hh: Optional[Tensor], w_ci: Tensor, w_cf: Tensor,
+                           w_co: Tensor) -> tuple[Tensor, Tensor]:
+    """One peephole step. x [B, I], h [B, H], c [B, H]; w_ci/w_cf/w_co [H] or [H, H] -> (h' [B, H], c' [B, H]).
+
+    i, f see the previous cell state, o the new one (Gers et al. 2002): gate order i, f, g, o.
+    """
+    gates = x @ w_ih.t() + h @ w_hh.t()
+    if b_ih is not None:
+        gates = gates + b_ih
+    if b_hh is not None:
+        gates = gates + b_hh
+    xi, xf, xg, xo = gates.chunk(4, dim=1)
+    i = torch.sigmoid(xi + _peep(c, w_ci))
+    f = torch.sigmoid(xf + _peep(c, w_cf))
+    g = torch.tanh(xg)
+    c = f * c + i * g
+    o = torch.sigmoid(xo + _peep(c, w_co))
+    return o * torch.tanh(c), c
+
+
+def peephole_lstm_layer_ref(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih, b_hh,
+                            w_ci: Tensor, w_cf: Tensor, w_co: Tensor, lengths: Optional[Tensor] = None,
+                            reverse: bool = False,
+                            compute_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """One peephole layer, one direction: torch.ops.fastlstm.peephole_forward's first 3 outputs.
+
+    input [T, B, I], h0 [B, H], c0 [B, H] -> (output [T, B, H], h_n [B, H], c_n [B, H]) in input's dtype;
+    lengths as in lstm_layer_ref. compute_dtype=None computes in the input's own dtype.
+    """
+    dt = input.dtype
+    compute_dtype = compute_dtype or dt
+    cast = (lambda t: None if t is None else t.to(compute_dtype))
+    x, h, c = cast(input), cast(h0), cast(c0)
+    w = [cast(t) for t in (w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co)]
+    T = x.shape[0]
+    outs: list[Optional[Tensor]] = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        h_new, c_new = peephole_lstm_cell_ref(x[t], h, c, *w)
+        if lengths is not None:
+            active = (t < lengths.to(x.device)).unsqueeze(1)
+            h = torch.where(active, h_new, h)
+            c = torch.where(active, c_new, c)
+            outs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        else:
+            h, c = h_new, c_new
+            outs[t] = h_new
+    out = torch.stack(outs) if T else x.new_zeros(0, x.shape[1], h.shape[1])
+    return out.to(dt), h.to(dt), c.to(dt)
+
+
+def peephole_lstm_ref(input: Tensor, hx: Optional[tuple[Tensor, Tensor]], params: Sequence[tuple],
+                      num_layers: int, bidirectional: bool = False, lengths: Optional[Tensor] = None,
+                      compute_dtype: torch.dtype = torch.float64) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The stacked peephole LSTM, time-major, no dropout.
+
+    input [T, B, I]; hx = (h0 [L*D, B, H], c0 [L*D, B, H]) or None for zeros; params: one
+    (w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co) per layer and direction in nn.LSTM's order.
+    Returns (output [T, B, D*H], (h_n [L*D, B, H], c_n [L*D, B, H])).
+    """
+    D = 2 if bidirectional else 1
+    T, B, _ = input.shape
+    H = params[0][1].shape[1]
+    if hx is None:
+        hx = (input.new_zeros(num_layers * D, B, H), input.new_zeros(num_layers * D, B, H))
+    x, hs, cs = input, [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            o, h, c = peephole_lstm_layer_ref(x, hx[0][k], hx[1][k], *params[k], lengths=lengths, reverse=d == 1,
+                                              compute_dtype=compute_dtype)
+            outs.append(o)
+            hs.append(h)
+            cs.append(c)
+        x = torch.cat(outs, 2)
+    return x, (torch.stack(hs), torch.stack(cs))
+
+
+def peephole_module_params(m: torch.nn.Module) -> list[tuple]:
+    """A PeepholeLSTM's parameters as peephole_lstm_ref's `params`."""
+    D = 2 if m.bidirectional else 1
+    out = []
+    for layer in range(m.num_layers):
+        for d in range(D):
+            s = f"_l{layer}" + ("_reverse" if d else "")
+            out.append(tuple(getattr(m, n + s) if hasattr(m, n + s) else None
+                             for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                       "weight_ci", "weight_cf", "weight_co")))
+    return out
