@@ -36,8 +36,24 @@ def _lstm(backend: str, input_size: int, hidden_size: int, num_layers: int, drop
     return cls(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
 
 
+def _gru(backend: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    from ..gru import FastGRU
+    cls = {"fastlstm": FastGRU, "torch": nn.GRU}[backend]
+    return cls(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+
+
+def _peephole(backend: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    if backend != "fastlstm":
+        # torch.nn has no peephole LSTM; a silent substitute would make the comparison meaningless.
+        raise ValueError("--cell peephole exists only with --backend fastlstm (torch.nn has no peephole LSTM)")
+    from ..peephole import PeepholeLSTM
+    return PeepholeLSTM(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+
+
 CELLS: dict[str, Cell] = {
     "lstm": Cell(build=_lstm, n_states=2),
+    "gru": Cell(build=_gru, n_states=1),
+    "peephole": Cell(build=_peephole, n_states=2),
 }
 
 
