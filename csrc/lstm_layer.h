@@ -180,12 +180,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor dhraw = proj ? at::empty({B, H}, opts) : Tensor();
   Tensor c0_acc = c0.to(acc).contiguous();
 
+  // The step loop writes into buffers allocated once, not per step: dh_t (the whole gradient reaching h_t)
+  // and dh_rec (its recurrent part, dgates_{t+1} @ w_hh).
   Tensor dh = grad_h_n.contiguous();
+  Tensor dh_t = at::empty({B, P}, opts);
+  Tensor dh_rec = at::empty({B, P}, opts);
   Tensor dc = grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   Tensor dc_prev = at::empty({B, H}, opts.dtype(acc));
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor dh_t = at::add(dh, gout[t]);
+    at::add_out(dh_t, dh, gout[t]);
     if (proj) {
       dh_all[t].copy_(dh_t);
       at::mm_out(dhraw, dh_t, *w_hr);
@@ -197,9 +201,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      dh = at::where(m, at::mm(dg_t, w_hh), dh_t);
+      at::mm_out(dh_rec, dg_t, w_hh);
+      dh = at::where(m, dh_rec, dh_t);
     } else {
-      dh = at::mm(dg_t, w_hh);
+      // The next step's add_out reads dh_rec into dh_t before this buffer is overwritten again.
+      at::mm_out(dh_rec, dg_t, w_hh);
+      dh = dh_rec;
     }
     std::swap(dc, dc_prev);
   }
@@ -208,10 +215,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor dg2 = dgates.view({T * B, 4 * H});
   Tensor grad_input = at::mm(dg2, w_ih).view({T, B, I});
   Tensor grad_w_ih = at::mm(dg2.t(), input.reshape({T * B, I}));
-  // The state each step started from: the previous step's output, or h0 where there was none (the first
-  // step, or in a reversed packed sequence the step after the element's end).
-  Tensor h_prev_all = at::empty({T, B, P}, opts);
-  if (T > 0) {
+  // grad_w_hh = sum_t dgates_t^T h_{t-1}. Unmasked, h_{t-1} is the previous step's output (h0 for the first
+  // step): one GEMM over the T-1 shifted steps plus one for h0, with no [T,B,P] copy of the shifted outputs.
+  // With lengths, the state a step started from may be h0 mid-sequence: build it explicitly.
+  Tensor grad_w_hh;
+  if (!mask.defined()) {
+    const int64_t first = reverse ? T - 1 : 0;
+    grad_w_hh = at::mm(dgates[first].t(), h0);
+    if (T > 1) {
+      const Tensor dg_rest = dgates.narrow(0, reverse ? 0 : 1, T - 1).reshape({(T - 1) * B, 4 * H});
+      const Tensor h_rest = output.narrow(0, reverse ? 1 : 0, T - 1).reshape({(T - 1) * B, P});
+      grad_w_hh.addmm_(dg_rest.t(), h_rest);
+    }
+  } else {
+    Tensor h_prev_all = at::empty({T, B, P}, opts);
     const Tensor first = reverse ? h_prev_all[T - 1] : h_prev_all[0];
     first.copy_(h0);
     if (T > 1) {
@@ -220,18 +237,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       } else {
         h_prev_all.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
       }
-      if (mask.defined()) {
-        Tensor prev_active = at::zeros_like(mask);
-        if (reverse) {
-          prev_active.narrow(0, 0, T - 1).copy_(mask.narrow(0, 1, T - 1));
-        } else {
-          prev_active.narrow(0, 1, T - 1).copy_(mask.narrow(0, 0, T - 1));
-        }
-        h_prev_all = at::where(prev_active, h_prev_all, h0.unsqueeze(0));
+      Tensor prev_active = at::zeros_like(mask);
+      if (reverse) {
+        prev_active.narrow(0, 0, T - 1).copy_(mask.narrow(0, 1, T - 1));
+      } else {
+        prev_active.narrow(0, 1, T - 1).copy_(mask.narrow(0, 0, T - 1));
       }
+      h_prev_all = at::where(prev_active, h_prev_all, h0.unsqueeze(0));
     }
+    grad_w_hh = at::mm(dg2.t(), h_prev_all.view({T * B, P}));
   }
-  Tensor grad_w_hh = at::mm(dg2.t(), h_prev_all.view({T * B, P}));
   Tensor grad_bias = at::sum(dg2, {0}, /*keepdim=*/false, acc).to(dtype);
   // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.
   if (proj && mask.defined()) dh_all.masked_fill_(mask.logical_not(), 0);
