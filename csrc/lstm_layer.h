@@ -100,19 +100,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
   const auto acc = acc_type(input.scalar_type());
   const auto opts = input.options();
 
-  // 1. Input projection for all steps in one GEMM, both biases folded in. The result is then activated in
-  //    place step by step, so the same buffer ends up holding the gates that backward needs.
-  Tensor gates = at::empty({T, B, 4 * H}, opts);
-  if (T * B > 0) {
-    Tensor x2d = input.reshape({T * B, I});
-    Tensor g2d = gates.view({T * B, 4 * H});
-    Tensor bias = fold_bias(b_ih, b_hh);
+  // 1. Input projection in one GEMM, both biases folded in. The result is then activated in place step by
+  //    step, so in training the same [T,B,4H] buffer ends up holding the gates that backward needs. Inference
+  //    saves nothing, so it projects `chunk` steps at a time into one reused buffer of about 1 MiB: the
+  //    pre-activations are consumed while still in cache, and memory (and the cost of first-touching fresh
+  //    pages) no longer grows with T.
+  const int64_t chunk =
+      training ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / std::max<int64_t>(1, B * 4 * H)));
+  Tensor gates = at::empty({chunk, B, 4 * H}, opts);
+  const Tensor bias = fold_bias(b_ih, b_hh);
+  // Projects the steps [t_lo, t_lo + n) into gates[0, n).
+  auto project = [&](int64_t t_lo, int64_t n) {
+    if (n * B == 0) return;
+    Tensor x2d = input.narrow(0, t_lo, n).reshape({n * B, I});
+    Tensor g2d = gates.narrow(0, 0, n).view({n * B, 4 * H});
     if (bias.defined()) {
       at::addmm_out(g2d, bias, x2d, w_ih.t());
     } else {
       at::mm_out(g2d, x2d, w_ih.t());
     }
-  }
+  };
 
   Tensor output = at::empty({T, B, P}, opts);
   Tensor cells = at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc));
@@ -122,9 +129,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
 
   Tensor h_prev = h0.contiguous();
   Tensor c_prev = c0.to(acc).contiguous();
+  int64_t t_lo = 0;  // the first step held in `gates`
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor g_t = gates[t];
+    if (s % chunk == 0) {
+      const int64_t n = std::min(chunk, T - s);
+      t_lo = reverse ? T - s - n : s;
+      project(t_lo, n);
+    }
+    Tensor g_t = gates[t - t_lo];
     // 2. The recurrent GEMM accumulates into the step's slice of the projection, then one fused pass.
     g_t.addmm_(h_prev, w_hh_t);
     Tensor c_t = training ? cells[t] : cells[s % 2];
