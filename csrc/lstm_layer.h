@@ -72,6 +72,34 @@ inline void check_layer_args(const Tensor& input, const Tensor& h0, const Tensor
   }
 }
 
+// Per-step slices buf[t] of a contiguous [T, ...] buffer without a select() per step (a dispatch and a
+// TensorImpl allocation each, which at B=1 cost as much as the step's GEMM): two view tensors made once and
+// moved by their storage offset, used in turn. A slice stays valid until the second call after the one
+// that returned it, which is all the step loops need (this step's slices and the previous step's one).
+class StepSlices {
+ public:
+  explicit StepSlices(const Tensor& buf) : buf_(buf) {
+    if (buf.dim() > 0 && buf.size(0) > 0 && buf.is_contiguous()) {
+      for (auto& v : views_) v = buf.select(0, 0);
+      movable_ = views_[0].unsafeGetTensorImpl()->allow_tensor_metadata_change() &&
+                 views_[1].unsafeGetTensorImpl()->allow_tensor_metadata_change();
+    }
+  }
+  Tensor operator[](int64_t t) {
+    if (!movable_) return buf_.select(0, t);
+    Tensor& v = views_[next_];
+    next_ ^= 1;
+    v.unsafeGetTensorImpl()->set_storage_offset(buf_.storage_offset() + t * buf_.stride(0));
+    return v;
+  }
+
+ private:
+  Tensor buf_;
+  Tensor views_[2];
+  int next_ = 0;
+  bool movable_ = false;
+};
+
 // [T, B] bool: element b active at step t.
 inline Tensor active_mask(const OptTensor& lengths, int64_t T) {
   return at::arange(T, lengths->options()).unsqueeze(1) < lengths->unsqueeze(0);
@@ -129,6 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
 
   Tensor h_prev = h0.contiguous();
   Tensor c_prev = c0.to(acc).contiguous();
+  StepSlices gates_at(gates), cells_at(cells), output_at(output);
   int64_t t_lo = 0;  // the first step held in `gates`
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
@@ -137,11 +166,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
       t_lo = reverse ? T - s - n : s;
       project(t_lo, n);
     }
-    Tensor g_t = gates[t - t_lo];
+    Tensor g_t = gates_at[t - t_lo];
     // 2. The recurrent GEMM accumulates into the step's slice of the projection, then one fused pass.
     g_t.addmm_(h_prev, w_hh_t);
-    Tensor c_t = training ? cells[t] : cells[s % 2];
-    Tensor out_t = output[t];
+    Tensor c_t = cells_at[training ? t : s % 2];
+    Tensor out_t = output_at[t];
     Backend::forward_pointwise(g_t, c_prev, c_t, proj ? hraw : out_t);
     if (proj) at::mm_out(out_t, hraw, w_hr->t());
     if (mask.defined()) {
@@ -200,16 +229,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor dh_rec = at::empty({B, P}, opts);
   Tensor dc = grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   Tensor dc_prev = at::empty({B, H}, opts.dtype(acc));
+  StepSlices gout_at(gout), gates_at(gates), cells_at(cells), dgates_at(dgates);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    at::add_out(dh_t, dh, gout[t]);
+    at::add_out(dh_t, dh, gout_at[t]);
     if (proj) {
       dh_all[t].copy_(dh_t);
       at::mm_out(dhraw, dh_t, *w_hr);
     }
-    const Tensor c_prev = s > 0 ? cells[reverse ? t + 1 : t - 1] : c0_acc;
-    Tensor dg_t = dgates[t];
-    Backend::backward_pointwise(gates[t], cells[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
+    const Tensor c_prev = s > 0 ? cells_at[reverse ? t + 1 : t - 1] : c0_acc;
+    Tensor dg_t = dgates_at[t];
+    Backend::backward_pointwise(gates_at[t], cells_at[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
     if (mask.defined()) {
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
