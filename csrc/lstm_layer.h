@@ -15,6 +15,8 @@
 #include <c10/util/Optional.h>
 
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 namespace fastlstm {
 
@@ -100,6 +102,16 @@ class StepSlices {
   bool movable_ = false;
 };
 
+// Optional Backend hook, detected at compile time (a Backend without it is unaffected):
+//   static bool recurrent_addmm(gates [B,4H], h [B,P], w_hh [4H,P]): gates += h @ w_hh^T, or return false to
+//   leave it to addmm_. The CPU uses it for batch 1, where a GEMM call costs more than its arithmetic.
+template <class Backend, class = void>
+struct has_recurrent_addmm : std::false_type {};
+template <class Backend>
+struct has_recurrent_addmm<Backend, std::void_t<decltype(Backend::recurrent_addmm(
+                                        std::declval<const Tensor&>(), std::declval<const Tensor&>(),
+                                        std::declval<const Tensor&>()))>> : std::true_type {};
+
 // [T, B] bool: element b active at step t.
 inline Tensor active_mask(const OptTensor& lengths, int64_t T) {
   return at::arange(T, lengths->options()).unsqueeze(1) < lengths->unsqueeze(0);
@@ -168,7 +180,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
     }
     Tensor g_t = gates_at[t - t_lo];
     // 2. The recurrent GEMM accumulates into the step's slice of the projection, then one fused pass.
-    g_t.addmm_(h_prev, w_hh_t);
+    bool done = false;
+    if constexpr (has_recurrent_addmm<Backend>::value) done = Backend::recurrent_addmm(g_t, h_prev, w_hh);
+    if (!done) g_t.addmm_(h_prev, w_hh_t);
     Tensor c_t = cells_at[training ? t : s % 2];
     Tensor out_t = output_at[t];
     Backend::forward_pointwise(g_t, c_prev, c_t, proj ? hraw : out_t);

@@ -44,6 +44,24 @@ struct CpuBackend {
     at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) { fn(dtype, g, cp, c, h, b0, b1, H); });
   }
 
+  // Optional hook of the layer driver (see lstm_layer.h): gates [B,4H] += h [B,P] @ w_hh [4H,P]^T for a
+  // batch of one, in float32/float64, with contiguous operands. Returns false to leave the step to addmm_.
+  static bool recurrent_addmm(const Tensor& gates, const Tensor& h, const Tensor& w_hh) {
+    const auto dtype = gates.scalar_type();
+    if (gates.size(0) != 1 || (dtype != at::kFloat && dtype != at::kDouble) || !gates.is_contiguous() ||
+        !h.is_contiguous() || !w_hh.is_contiguous() || h.scalar_type() != dtype || w_hh.scalar_type() != dtype) {
+      return false;
+    }
+    const int64_t R = w_hh.size(0), K = w_hh.size(1);
+    const auto fn = pointwise_kernels().gemv;
+    const void* w = w_hh.data_ptr();
+    const void* x = h.data_ptr();
+    void* y = gates.data_ptr();
+    at::parallel_for(0, R, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)),
+                     [&](int64_t r0, int64_t r1) { fn(dtype, w, x, y, r0, r1, K); });
+    return true;
+  }
+
   static void backward_pointwise(const Tensor& gates, const Tensor& c, const Tensor& c_prev, const Tensor& dh,
                                  const Tensor& dc_next, const Tensor& dgates, const Tensor& dc_prev) {
     const int64_t B = gates.size(0), H = c.size(1);

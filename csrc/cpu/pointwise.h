@@ -24,9 +24,16 @@ using BackwardRowsFn = void (*)(c10::ScalarType dtype, const void* gates, const 
                                 const void* dh, const void* dc_next, void* dgates, void* dc_prev, int64_t b0,
                                 int64_t b1, int64_t H);
 
+// y[r] += dot(w[r, :], x) for rows r in [r0, r1): w [R,K] row-major, x [K], y [R]; float32/float64 only.
+// The recurrent product of a batch-1 step (a matrix-vector product), where a GEMM call's fixed cost is
+// larger than the work.
+using GemvRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t r0, int64_t r1,
+                            int64_t K);
+
 struct PointwiseKernels {
   ForwardRowsFn forward;
   BackwardRowsFn backward;
+  GemvRowsFn gemv;
   const char* isa;  // "DEFAULT", "AVX2" or "AVX512"
 };
 

@@ -205,10 +205,41 @@ void backward(c10::ScalarType dtype, const void* gates, const void* c, const voi
   });
 }
 
+template <typename scalar_t>
+void gemv_rows_t(const scalar_t* w, const scalar_t* x, scalar_t* y, int64_t r0, int64_t r1, int64_t K) {
+  using V = Vectorized<scalar_t>;
+  const int64_t n = V::size();
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* wr = w + r * K;
+    V acc0(0), acc1(0);
+    int64_t k = 0;
+    for (; k + 2 * n <= K; k += 2 * n) {
+      acc0 = at::vec::fmadd(V::loadu(wr + k), V::loadu(x + k), acc0);
+      acc1 = at::vec::fmadd(V::loadu(wr + k + n), V::loadu(x + k + n), acc1);
+    }
+    for (; k + n <= K; k += n) acc0 = at::vec::fmadd(V::loadu(wr + k), V::loadu(x + k), acc0);
+    scalar_t sum = at::vec::vec_reduce_all<scalar_t>([](V& a, V& b) { return a + b; }, acc0 + acc1);
+    for (; k < K; ++k) sum += wr[k] * x[k];
+    y[r] += sum;
+  }
+}
+
+void gemv(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t r0, int64_t r1, int64_t K) {
+  if (dtype == at::kFloat) {
+    gemv_rows_t<float>(static_cast<const float*>(w), static_cast<const float*>(x), static_cast<float*>(y), r0, r1,
+                       K);
+  } else if (dtype == at::kDouble) {
+    gemv_rows_t<double>(static_cast<const double*>(w), static_cast<const double*>(x), static_cast<double*>(y), r0,
+                        r1, K);
+  } else {
+    TORCH_CHECK(false, "fastlstm: gemv supports float32 and float64, got ", dtype);
+  }
+}
+
 }  // namespace FASTLSTM_ISA
 
 PointwiseKernels FASTLSTM_CAT(kernels_, FASTLSTM_ISA)() {
-  return {&FASTLSTM_ISA::forward, &FASTLSTM_ISA::backward, FASTLSTM_ISA_NAME};
+  return {&FASTLSTM_ISA::forward, &FASTLSTM_ISA::backward, &FASTLSTM_ISA::gemv, FASTLSTM_ISA_NAME};
 }
 
 }  // namespace cpu
