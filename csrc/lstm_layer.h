@@ -112,6 +112,21 @@ struct has_recurrent_addmm<Backend, std::void_t<decltype(Backend::recurrent_addm
                                         std::declval<const Tensor&>(), std::declval<const Tensor&>(),
                                         std::declval<const Tensor&>()))>> : std::true_type {};
 
+//   static bool recurrent_backward_mm(dh [B,P], dgates [B,4H], w_hh [4H,P]): dh = dgates @ w_hh, or false.
+template <class Backend, class = void>
+struct has_recurrent_backward_mm : std::false_type {};
+template <class Backend>
+struct has_recurrent_backward_mm<Backend, std::void_t<decltype(Backend::recurrent_backward_mm(
+                                              std::declval<const Tensor&>(), std::declval<const Tensor&>(),
+                                              std::declval<const Tensor&>()))>> : std::true_type {};
+
+template <class Backend>
+void recurrent_backward_mm(const Tensor& dh, const Tensor& dgates, const Tensor& w_hh) {
+  bool done = false;
+  if constexpr (has_recurrent_backward_mm<Backend>::value) done = Backend::recurrent_backward_mm(dh, dgates, w_hh);
+  if (!done) at::mm_out(const_cast<Tensor&>(dh), dgates, w_hh);
+}
+
 // [T, B] bool: element b active at step t.
 inline Tensor active_mask(const OptTensor& lengths, int64_t T) {
   return at::arange(T, lengths->options()).unsqueeze(1) < lengths->unsqueeze(0);
@@ -258,11 +273,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      at::mm_out(dh_rec, dg_t, w_hh);
+      recurrent_backward_mm<Backend>(dh_rec, dg_t, w_hh);
       dh = at::where(m, dh_rec, dh_t);
     } else {
       // The next step's add_out reads dh_rec into dh_t before this buffer is overwritten again.
-      at::mm_out(dh_rec, dg_t, w_hh);
+      recurrent_backward_mm<Backend>(dh_rec, dg_t, w_hh);
       dh = dh_rec;
     }
     std::swap(dc, dc_prev);

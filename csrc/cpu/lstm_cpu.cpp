@@ -62,6 +62,24 @@ struct CpuBackend {
     return true;
   }
 
+  // Optional hook (lstm_layer.h): dh [B,P] = dgates [B,4H] @ w_hh [4H,P] for a batch of one, float32/float64,
+  // contiguous operands. Returns false to leave it to mm_out.
+  static bool recurrent_backward_mm(const Tensor& dh, const Tensor& dgates, const Tensor& w_hh) {
+    const auto dtype = dgates.scalar_type();
+    if (dgates.size(0) != 1 || (dtype != at::kFloat && dtype != at::kDouble) || !dgates.is_contiguous() ||
+        !dh.is_contiguous() || !w_hh.is_contiguous() || dh.scalar_type() != dtype || w_hh.scalar_type() != dtype) {
+      return false;
+    }
+    const int64_t R = w_hh.size(0), C = w_hh.size(1);
+    const auto fn = pointwise_kernels().gemv_t;
+    const void* w = w_hh.data_ptr();
+    const void* a = dgates.data_ptr();
+    void* y = dh.data_ptr();
+    at::parallel_for(0, C, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, R)),
+                     [&](int64_t c0, int64_t c1) { fn(dtype, w, a, y, c0, c1, R, C); });
+    return true;
+  }
+
   static void backward_pointwise(const Tensor& gates, const Tensor& c, const Tensor& c_prev, const Tensor& dh,
                                  const Tensor& dc_next, const Tensor& dgates, const Tensor& dc_prev) {
     const int64_t B = gates.size(0), H = c.size(1);

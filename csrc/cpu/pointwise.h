@@ -30,10 +30,16 @@ using BackwardRowsFn = void (*)(c10::ScalarType dtype, const void* gates, const 
 using GemvRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t r0, int64_t r1,
                             int64_t K);
 
+// y[c] = sum_r a[r] * w[r, c] for columns c in [c0, c1): w [R,C] row-major, a [R], y [C]; float32/float64.
+// The batch-1 backward recurrent product (dgates @ w_hh).
+using GemvTRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_t c0, int64_t c1,
+                             int64_t R, int64_t C);
+
 struct PointwiseKernels {
   ForwardRowsFn forward;
   BackwardRowsFn backward;
   GemvRowsFn gemv;
+  GemvTRowsFn gemv_t;
   const char* isa;  // "DEFAULT", "AVX2" or "AVX512"
 };
 

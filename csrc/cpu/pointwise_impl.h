@@ -22,6 +22,7 @@
 #include <c10/util/copysign.h>
 
 #include <cfloat>
+#include <algorithm>
 #include <type_traits>
 
 #include "../lstm_math.h"
@@ -236,10 +237,39 @@ void gemv(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t 
   }
 }
 
+template <typename scalar_t>
+void gemv_t_cols(const scalar_t* w, const scalar_t* a, scalar_t* y, int64_t c0, int64_t c1, int64_t R, int64_t C) {
+  using V = Vectorized<scalar_t>;
+  const int64_t n = V::size();
+  std::fill(y + c0, y + c1, scalar_t(0));
+  for (int64_t r = 0; r < R; ++r) {
+    const scalar_t ar = a[r];
+    const V av(ar);
+    const scalar_t* wr = w + r * C;
+    int64_t c = c0;
+    for (; c + n <= c1; c += n) at::vec::fmadd(av, V::loadu(wr + c), V::loadu(y + c)).store(y + c);
+    for (; c < c1; ++c) y[c] += ar * wr[c];
+  }
+}
+
+void gemv_t(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_t c0, int64_t c1, int64_t R,
+            int64_t C) {
+  if (dtype == at::kFloat) {
+    gemv_t_cols<float>(static_cast<const float*>(w), static_cast<const float*>(a), static_cast<float*>(y), c0, c1,
+                       R, C);
+  } else if (dtype == at::kDouble) {
+    gemv_t_cols<double>(static_cast<const double*>(w), static_cast<const double*>(a), static_cast<double*>(y), c0,
+                        c1, R, C);
+  } else {
+    TORCH_CHECK(false, "fastlstm: gemv_t supports float32 and float64, got ", dtype);
+  }
+}
+
 }  // namespace FASTLSTM_ISA
 
 PointwiseKernels FASTLSTM_CAT(kernels_, FASTLSTM_ISA)() {
-  return {&FASTLSTM_ISA::forward, &FASTLSTM_ISA::backward, &FASTLSTM_ISA::gemv, FASTLSTM_ISA_NAME};
+  return {&FASTLSTM_ISA::forward, &FASTLSTM_ISA::backward, &FASTLSTM_ISA::gemv, &FASTLSTM_ISA::gemv_t,
+          FASTLSTM_ISA_NAME};
 }
 
 }  // namespace cpu
