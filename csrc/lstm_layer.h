@@ -16,6 +16,8 @@
 #include <c10/util/Optional.h>
 
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 namespace fastlstm {
 
@@ -71,6 +73,59 @@ inline void check_layer_args(const Tensor& input, const Tensor& h0, const Tensor
     TORCH_CHECK(lengths->scalar_type() == at::kLong, "fastlstm: lengths must be int64");
     TORCH_CHECK(lengths->device() == input.device(), "fastlstm: lengths must be on ", input.device());
   }
+}
+
+// Per-step slices buf[t] of a contiguous [T, ...] buffer without a select() per step (a dispatch and a
+// TensorImpl allocation each, which at B=1 cost as much as the step's GEMM): two view tensors made once and
+// moved by their storage offset, used in turn. A slice stays valid until the second call after the one
+// that returned it, which is all the step loops need (this step's slices and the previous step's one).
+class StepSlices {
+ public:
+  explicit StepSlices(const Tensor& buf) : buf_(buf) {
+    if (buf.dim() > 0 && buf.size(0) > 0 && buf.is_contiguous()) {
+      for (auto& v : views_) v = buf.select(0, 0);
+      movable_ = views_[0].unsafeGetTensorImpl()->allow_tensor_metadata_change() &&
+                 views_[1].unsafeGetTensorImpl()->allow_tensor_metadata_change();
+    }
+  }
+  Tensor operator[](int64_t t) {
+    if (!movable_) return buf_.select(0, t);
+    Tensor& v = views_[next_];
+    next_ ^= 1;
+    v.unsafeGetTensorImpl()->set_storage_offset(buf_.storage_offset() + t * buf_.stride(0));
+    return v;
+  }
+
+ private:
+  Tensor buf_;
+  Tensor views_[2];
+  int next_ = 0;
+  bool movable_ = false;
+};
+
+// Optional Backend hook, detected at compile time (a Backend without it is unaffected):
+//   static bool recurrent_addmm(gates [B,4H], h [B,P], w_hh [4H,P]): gates += h @ w_hh^T, or return false to
+//   leave it to addmm_. The CPU uses it for batch 1, where a GEMM call costs more than its arithmetic.
+template <class Backend, class = void>
+struct has_recurrent_addmm : std::false_type {};
+template <class Backend>
+struct has_recurrent_addmm<Backend, std::void_t<decltype(Backend::recurrent_addmm(
+                                        std::declval<const Tensor&>(), std::declval<const Tensor&>(),
+                                        std::declval<const Tensor&>()))>> : std::true_type {};
+
+//   static bool recurrent_backward_mm(dh [B,P], dgates [B,4H], w_hh [4H,P]): dh = dgates @ w_hh, or false.
+template <class Backend, class = void>
+struct has_recurrent_backward_mm : std::false_type {};
+template <class Backend>
+struct has_recurrent_backward_mm<Backend, std::void_t<decltype(Backend::recurrent_backward_mm(
+                                              std::declval<const Tensor&>(), std::declval<const Tensor&>(),
+                                              std::declval<const Tensor&>()))>> : std::true_type {};
+
+template <class Backend>
+void recurrent_backward_mm(const Tensor& dh, const Tensor& dgates, const Tensor& w_hh) {
+  bool done = false;
+  if constexpr (has_recurrent_backward_mm<Backend>::value) done = Backend::recurrent_backward_mm(dh, dgates, w_hh);
+  if (!done) at::mm_out(const_cast<Tensor&>(dh), dgates, w_hh);
 }
 
 // [T, B] bool: element b active at step t.
@@ -133,19 +188,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
   const auto acc = acc_type(input.scalar_type());
   const auto opts = input.options();
 
-  // 1. Input projection for all steps in one GEMM, both biases folded in. The result is then activated in
-  //    place step by step, so the same buffer ends up holding the gates that backward needs.
-  Tensor gates = at::empty({T, B, 4 * H}, opts);
-  if (T * B > 0) {
-    Tensor x2d = input.reshape({T * B, I});
-    Tensor g2d = gates.view({T * B, 4 * H});
-    Tensor bias = fold_bias(b_ih, b_hh);
+  // 1. Input projection in one GEMM, both biases folded in. The result is then activated in place step by
+  //    step, so in training the same [T,B,4H] buffer ends up holding the gates that backward needs. Inference
+  //    saves nothing, so it projects `chunk` steps at a time into one reused buffer of about 1 MiB: the
+  //    pre-activations are consumed while still in cache, and memory (and the cost of first-touching fresh
+  //    pages) no longer grows with T.
+  const int64_t chunk =
+      training ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / std::max<int64_t>(1, B * 4 * H)));
+  Tensor gates = at::empty({chunk, B, 4 * H}, opts);
+  const Tensor bias = fold_bias(b_ih, b_hh);
+  // Projects the steps [t_lo, t_lo + n) into gates[0, n).
+  auto project = [&](int64_t t_lo, int64_t n) {
+    if (n * B == 0) return;
+    Tensor x2d = input.narrow(0, t_lo, n).reshape({n * B, I});
+    Tensor g2d = gates.narrow(0, 0, n).view({n * B, 4 * H});
     if (bias.defined()) {
       at::addmm_out(g2d, bias, x2d, w_ih.t());
     } else {
       at::mm_out(g2d, x2d, w_ih.t());
     }
-  }
+  };
 
   Tensor output = at::empty({T, B, P}, opts);
   Tensor cells = at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc));
@@ -155,13 +217,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
 
   Tensor h_prev = h0.contiguous();
   Tensor c_prev = c0.to(acc).contiguous();
+  StepSlices gates_at(gates), cells_at(cells), output_at(output);
+  int64_t t_lo = 0;  // the first step held in `gates`
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor g_t = gates[t];
+    if (s % chunk == 0) {
+      const int64_t n = std::min(chunk, T - s);
+      t_lo = reverse ? T - s - n : s;
+      project(t_lo, n);
+    }
+    Tensor g_t = gates_at[t - t_lo];
     // 2. The recurrent GEMM accumulates into the step's slice of the projection, then one fused pass.
-    g_t.addmm_(h_prev, w_hh_t);
-    Tensor c_t = training ? cells[t] : cells[s % 2];
-    Tensor out_t = output[t];
+    bool done = false;
+    if constexpr (has_recurrent_addmm<Backend>::value) done = Backend::recurrent_addmm(g_t, h_prev, w_hh);
+    if (!done) g_t.addmm_(h_prev, w_hh_t);
+    Tensor c_t = cells_at[training ? t : s % 2];
+    Tensor out_t = output_at[t];
     Backend::forward_pointwise(g_t, c_prev, c_t, proj ? hraw : out_t);
     if (proj) at::mm_out(out_t, hraw, w_hr->t());
     if (mask.defined()) {
@@ -232,27 +303,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor dhraw = proj ? at::empty({B, H}, opts) : Tensor();
   Tensor c0_acc = c0.to(acc).contiguous();
 
+  // The step loop writes into buffers allocated once, not per step: dh_t (the whole gradient reaching h_t)
+  // and dh_rec (its recurrent part, dgates_{t+1} @ w_hh).
   Tensor dh = grad_h_n.contiguous();
+  Tensor dh_t = at::empty({B, P}, opts);
+  Tensor dh_rec = at::empty({B, P}, opts);
   Tensor dc = grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   Tensor dc_prev = at::empty({B, H}, opts.dtype(acc));
+  StepSlices gout_at(gout), gates_at(gates_c), cells_at(cells_c), dgates_at(dgates);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor dh_t = at::add(dh, gout[t]);
+    at::add_out(dh_t, dh, gout_at[t]);
     if (proj) {
       dh_all[t].copy_(dh_t);
       at::mm_out(dhraw, dh_t, *w_hr);
     }
-    const Tensor c_prev = s > 0 ? cells_c[reverse ? t + 1 : t - 1] : c0_acc;
-    Tensor dg_t = dgates[t];
-    Backend::backward_pointwise(gates_c[t], cells_c[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
+    const Tensor c_prev = s > 0 ? cells_at[reverse ? t + 1 : t - 1] : c0_acc;
+    Tensor dg_t = dgates_at[t];
+    Backend::backward_pointwise(gates_at[t], cells_at[t], c_prev, proj ? dhraw : dh_t, dc, dg_t, dc_prev);
     if (mask.defined()) {
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      // An inactive step emitted a constant zero: its grad_output does not reach the held state.
-      dh = at::where(m, at::mm(dg_t, w_hh), dh);
+      recurrent_backward_mm<Backend>(dh_rec, dg_t, w_hh);
+      dh = at::where(m, dh_rec, dh_t);
     } else {
-      dh = at::mm(dg_t, w_hh);
+      // The next step's add_out reads dh_rec into dh_t before this buffer is overwritten again.
+      recurrent_backward_mm<Backend>(dh_rec, dg_t, w_hh);
+      dh = dh_rec;
     }
     std::swap(dc, dc_prev);
   }
@@ -261,8 +339,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   Tensor dg2 = dgates.view({T * B, 4 * H});
   Tensor grad_input = at::mm(dg2, w_ih).view({T, B, I});
   Tensor grad_w_ih = at::mm(dg2.t(), input.reshape({T * B, I}));
-  Tensor h_prev_all = previous_states(output, h0, mask, reverse);
-  Tensor grad_w_hh = at::mm(dg2.t(), h_prev_all.view({T * B, P}));
+  // grad_w_hh = sum_t dgates_t^T h_{t-1}. Unmasked, h_{t-1} is the previous step's output (h0 for the first
+  // step): one GEMM over the T-1 shifted steps plus one for h0, with no [T,B,P] copy of the shifted outputs.
+  // With lengths, the state a step started from may be h0 mid-sequence: build it explicitly.
+  Tensor grad_w_hh;
+  if (!mask.defined()) {
+    const int64_t first = reverse ? T - 1 : 0;
+    grad_w_hh = at::mm(dgates[first].t(), h0);
+    if (T > 1) {
+      const Tensor dg_rest = dgates.narrow(0, reverse ? 0 : 1, T - 1).reshape({(T - 1) * B, 4 * H});
+      const Tensor h_rest = output.narrow(0, reverse ? 1 : 0, T - 1).reshape({(T - 1) * B, P});
+      grad_w_hh.addmm_(dg_rest.t(), h_rest);
+    }
+  } else {
+    grad_w_hh = at::mm(dg2.t(), previous_states(output, h0, mask, reverse).view({T * B, P}));
+  }
   Tensor grad_bias = at::sum(dg2, {0}, /*keepdim=*/false, acc).to(dtype);
   // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.
   if (proj && mask.defined()) dh_all.masked_fill_(mask.logical_not(), 0);

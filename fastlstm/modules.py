@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional
+from .ops import lstm_layer
 
 _warned: set = set()
 
@@ -162,6 +163,10 @@ class FastLSTM(nn.LSTM):
                                    f"{_c10_name(input.dtype)} and hidden tensor with {_c10_name(h.dtype)}")
 
     def forward(self, input, hx=None):  # noqa: C901  (mirrors nn.LSTM.forward step by step)
+        if type(input) is Tensor:
+            result = self._forward_lean(input, hx)
+            if result is not None:
+                return result
         self._update_flat_weights()
         orig_input = input
         batch_sizes = None
@@ -227,6 +232,49 @@ class FastLSTM(nn.LSTM):
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, self.permute_hidden((h_n, c_n), unsorted_indices)
+
+    def _forward_lean(self, input: Tensor, hx):
+        """The hot path (a streaming loop calls this once per time step): a batched 3-D tensor, hx None or a
+        tuple of two 3-D tensors of the right shapes, everything on one supported device in one dtype. Does
+        only the checks that decide this; returns None for anything else, and forward then takes the general
+        path, which raises nn.LSTM's own errors. Same results as the general path."""
+        self._update_flat_weights()
+        fw = self._flat_weights
+        w0 = fw[0]
+        dtype, device = input.dtype, input.device
+        if (input.dim() != 3 or dtype != w0.dtype or device != w0.device or input.size(-1) != self.input_size
+                or not _HAS.get(device.type, False) or (device.type == "cpu" and dtype not in _CPU_DTYPES)):
+            return None
+        for p in fw:
+            if p.device != device:
+                return None
+        D = 2 if self.bidirectional else 1
+        LD, H = self.num_layers * D, self.hidden_size
+        P = self.proj_size if self.proj_size > 0 else H
+        B = input.size(0) if self.batch_first else input.size(1)
+        x = input.transpose(0, 1) if self.batch_first else input
+        if x.size(0) == 0:
+            return None
+        if hx is None:
+            h0 = torch.zeros(LD, B, P, dtype=dtype, device=device)
+            c0 = torch.zeros(LD, B, H, dtype=dtype, device=device)
+        else:
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h0, c0 = hx
+            if (type(h0) is not Tensor or type(c0) is not Tensor or h0.shape != (LD, B, P)
+                    or c0.shape != (LD, B, H) or h0.dtype != dtype or c0.dtype != dtype or h0.device != device
+                    or c0.device != device):
+                return None
+        if LD == 1:
+            # One layer, one direction: the op directly, no stacking.
+            w_hr = fw[-1] if self.proj_size > 0 else None
+            b_ih, b_hh = (fw[2], fw[3]) if self.bias else (None, None)
+            out, h_n, c_n = lstm_layer(x, h0[0], c0[0], fw[0], fw[1], b_ih, b_hh, w_hr, None, False)
+            h_n, c_n = h_n.unsqueeze(0), c_n.unsqueeze(0)
+        else:
+            out, h_n, c_n = self._run(x, (h0, c0), None)
+        return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
 
     def _zeros(self, input, batch, num_directions, real_hidden_size):
         shape = (self.num_layers * num_directions, batch)

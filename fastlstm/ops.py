@@ -57,6 +57,13 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_
     )
 
 
+# The overloads themselves: calling an OpOverloadPacket resolves the overload on every call, which costs
+# more than the whole one-step kernel on the streaming path.
+_forward_op = torch.ops.fastlstm.lstm_forward.default
+_inference_op = torch.ops.fastlstm.lstm_inference.default
+_backward_op = torch.ops.fastlstm.lstm_backward.default
+
+
 class LSTMLayerFunction(torch.autograd.Function):
     """One layer, one direction: forward through lstm_forward, backward through lstm_backward.
 
@@ -66,7 +73,7 @@ class LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
-        return torch.ops.fastlstm.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+        return _forward_op(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -81,7 +88,7 @@ class LSTMLayerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
         input, h0, c0, w_ih, w_hh, w_hr, lengths, out, gates, cells = ctx.saved_tensors
-        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fastlstm.lstm_backward(
+        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = _backward_op(
             grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, lengths, out, gates, cells,
             ctx.reverse)
         return (
@@ -117,4 +124,4 @@ def lstm_layer(
         out, h_n, c_n, _, _ = LSTMLayerFunction.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                                       reverse)
         return out, h_n, c_n
-    return torch.ops.fastlstm.lstm_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    return _inference_op(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)

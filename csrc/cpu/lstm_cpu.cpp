@@ -1,142 +1,99 @@
 // CPU implementation of the fastlstm ops: the shared layer driver (csrc/lstm_layer.h) with CPU pointwise
-// passes, vectorized with at::vec and threaded with at::parallel_for over batch rows.
+// passes, vectorized with at::vec for the CPU's instruction set (pointwise.h) and threaded with
+// at::parallel_for over batch rows.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include "../lstm_layer.h"
-#include "../lstm_math.h"
+#include "pointwise.h"
 
 namespace fastlstm {
 namespace {
 
-using at::vec::Vectorized;
-
-// Activations for SIMD registers, plugged into the shared cell math (lstm_math.h).
-struct VecAct {
-  template <typename V>
-  static V sigmoid(V x) {
-    return V(1) / (V(1) + x.neg().exp());
-  }
-  template <typename V>
-  static V tanh(V x) {
-    return x.tanh();
-  }
-};
-
 // Rows per task: below ~16K gate elements per task, threading costs more than it saves.
 inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 4 * H)); }
 
-template <typename scalar_t, typename acc_t>
-void forward_rows(scalar_t* gates, const acc_t* c_prev, acc_t* c_out, scalar_t* h_out, int64_t b0, int64_t b1,
-                  int64_t H) {
-  for (int64_t b = b0; b < b1; ++b) {
-    scalar_t* g = gates + b * 4 * H;
-    const acc_t* cp = c_prev + b * H;
-    acc_t* c = c_out + b * H;
-    scalar_t* h = h_out + b * H;
-    int64_t j = 0;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      using V = Vectorized<scalar_t>;
-      for (; j + V::size() <= H; j += V::size()) {
-        V i, f, gg, o, cn, hn;
-        math::cell_forward<V, VecAct>(V::loadu(g + j), V::loadu(g + H + j), V::loadu(g + 2 * H + j),
-                                      V::loadu(g + 3 * H + j), V::loadu(cp + j), i, f, gg, o, cn, hn);
-        i.store(g + j);
-        f.store(g + H + j);
-        gg.store(g + 2 * H + j);
-        o.store(g + 3 * H + j);
-        cn.store(c + j);
-        hn.store(h + j);
-      }
-    }
-    for (; j < H; ++j) {
-      acc_t i, f, gg, o, cn, hn;
-      math::cell_forward<acc_t>(acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(g[3 * H + j]), cp[j], i,
-                                f, gg, o, cn, hn);
-      g[j] = scalar_t(i);
-      g[H + j] = scalar_t(f);
-      g[2 * H + j] = scalar_t(gg);
-      g[3 * H + j] = scalar_t(o);
-      c[j] = cn;
-      h[j] = scalar_t(hn);
-    }
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-void backward_rows(const scalar_t* gates, const acc_t* c_cur, const acc_t* c_prev, const scalar_t* dh_in,
-                   const acc_t* dc_next, scalar_t* dgates, acc_t* dc_prev, int64_t b0, int64_t b1, int64_t H) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const scalar_t* g = gates + b * 4 * H;
-    scalar_t* dg = dgates + b * 4 * H;
-    const acc_t* c = c_cur + b * H;
-    const acc_t* cp = c_prev + b * H;
-    const scalar_t* dh = dh_in + b * H;
-    const acc_t* dcn = dc_next + b * H;
-    acc_t* dcp = dc_prev + b * H;
-    int64_t j = 0;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      using V = Vectorized<scalar_t>;
-      for (; j + V::size() <= H; j += V::size()) {
-        V di, df, dgg, dout, dcpv;
-        math::cell_backward<V, VecAct>(V::loadu(g + j), V::loadu(g + H + j), V::loadu(g + 2 * H + j),
-                                       V::loadu(g + 3 * H + j), V::loadu(c + j), V::loadu(cp + j),
-                                       V::loadu(dh + j), V::loadu(dcn + j), di, df, dgg, dout, dcpv);
-        di.store(dg + j);
-        df.store(dg + H + j);
-        dgg.store(dg + 2 * H + j);
-        dout.store(dg + 3 * H + j);
-        dcpv.store(dcp + j);
-      }
-    }
-    for (; j < H; ++j) {
-      acc_t di, df, dgg, dout, dcpv;
-      math::cell_backward<acc_t>(acc_t(g[j]), acc_t(g[H + j]), acc_t(g[2 * H + j]), acc_t(g[3 * H + j]), c[j],
-                                 cp[j], acc_t(dh[j]), dcn[j], di, df, dgg, dout, dcpv);
-      dg[j] = scalar_t(di);
-      dg[H + j] = scalar_t(df);
-      dg[2 * H + j] = scalar_t(dgg);
-      dg[3 * H + j] = scalar_t(dout);
-      dcp[j] = dcpv;
-    }
-  }
+// The pointwise kernels for the best instruction set ATen itself uses here (it honours ATEN_CPU_CAPABILITY
+// and what the CPU supports), chosen once.
+const cpu::PointwiseKernels& pointwise_kernels() {
+  static const cpu::PointwiseKernels k = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return cpu::kernels_AVX512();
+    if (cap == "AVX2") return cpu::kernels_AVX2();
+#endif
+    return cpu::kernels_DEFAULT();
+  }();
+  return k;
 }
 
 struct CpuBackend {
   static void forward_pointwise(const Tensor& gates, const Tensor& c_prev, const Tensor& c_out,
                                 const Tensor& h_out) {
     const int64_t B = gates.size(0), H = c_out.size(1);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gates.scalar_type(), "fastlstm_forward_pointwise", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      scalar_t* g = gates.data_ptr<scalar_t>();
-      const acc_t* cp = c_prev.data_ptr<acc_t>();
-      acc_t* c = c_out.data_ptr<acc_t>();
-      scalar_t* h = h_out.data_ptr<scalar_t>();
-      at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
-        forward_rows<scalar_t, acc_t>(g, cp, c, h, b0, b1, H);
-      });
-    });
+    const auto fn = pointwise_kernels().forward;
+    const auto dtype = gates.scalar_type();
+    void* g = gates.data_ptr();
+    const void* cp = c_prev.data_ptr();
+    void* c = c_out.data_ptr();
+    void* h = h_out.data_ptr();
+    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) { fn(dtype, g, cp, c, h, b0, b1, H); });
+  }
+
+  // Optional hook of the layer driver (see lstm_layer.h): gates [B,4H] += h [B,P] @ w_hh [4H,P]^T for a
+  // batch of one, in float32/float64, with contiguous operands. Returns false to leave the step to addmm_.
+  static bool recurrent_addmm(const Tensor& gates, const Tensor& h, const Tensor& w_hh) {
+    const auto dtype = gates.scalar_type();
+    if (gates.size(0) != 1 || (dtype != at::kFloat && dtype != at::kDouble) || !gates.is_contiguous() ||
+        !h.is_contiguous() || !w_hh.is_contiguous() || h.scalar_type() != dtype || w_hh.scalar_type() != dtype) {
+      return false;
+    }
+    const int64_t R = w_hh.size(0), K = w_hh.size(1);
+    const auto fn = pointwise_kernels().gemv;
+    const void* w = w_hh.data_ptr();
+    const void* x = h.data_ptr();
+    void* y = gates.data_ptr();
+    at::parallel_for(0, R, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)),
+                     [&](int64_t r0, int64_t r1) { fn(dtype, w, x, y, r0, r1, K); });
+    return true;
+  }
+
+  // Optional hook (lstm_layer.h): dh [B,P] = dgates [B,4H] @ w_hh [4H,P] for a batch of one, float32/float64,
+  // contiguous operands. Returns false to leave it to mm_out.
+  static bool recurrent_backward_mm(const Tensor& dh, const Tensor& dgates, const Tensor& w_hh) {
+    const auto dtype = dgates.scalar_type();
+    if (dgates.size(0) != 1 || (dtype != at::kFloat && dtype != at::kDouble) || !dgates.is_contiguous() ||
+        !dh.is_contiguous() || !w_hh.is_contiguous() || dh.scalar_type() != dtype || w_hh.scalar_type() != dtype) {
+      return false;
+    }
+    const int64_t R = w_hh.size(0), C = w_hh.size(1);
+    const auto fn = pointwise_kernels().gemv_t;
+    const void* w = w_hh.data_ptr();
+    const void* a = dgates.data_ptr();
+    void* y = dh.data_ptr();
+    at::parallel_for(0, C, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, R)),
+                     [&](int64_t c0, int64_t c1) { fn(dtype, w, a, y, c0, c1, R, C); });
+    return true;
   }
 
   static void backward_pointwise(const Tensor& gates, const Tensor& c, const Tensor& c_prev, const Tensor& dh,
                                  const Tensor& dc_next, const Tensor& dgates, const Tensor& dc_prev) {
     const int64_t B = gates.size(0), H = c.size(1);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gates.scalar_type(), "fastlstm_backward_pointwise", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* g = gates.data_ptr<scalar_t>();
-      const acc_t* cc = c.data_ptr<acc_t>();
-      const acc_t* cp = c_prev.data_ptr<acc_t>();
-      const scalar_t* d = dh.data_ptr<scalar_t>();
-      const acc_t* dcn = dc_next.data_ptr<acc_t>();
-      scalar_t* dg = dgates.data_ptr<scalar_t>();
-      acc_t* dcp = dc_prev.data_ptr<acc_t>();
-      at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
-        backward_rows<scalar_t, acc_t>(g, cc, cp, d, dcn, dg, dcp, b0, b1, H);
-      });
+    const auto fn = pointwise_kernels().backward;
+    const auto dtype = gates.scalar_type();
+    const void* g = gates.data_ptr();
+    const void* cc = c.data_ptr();
+    const void* cp = c_prev.data_ptr();
+    const void* d = dh.data_ptr();
+    const void* dcn = dc_next.data_ptr();
+    void* dg = dgates.data_ptr();
+    void* dcp = dc_prev.data_ptr();
+    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+      fn(dtype, g, cc, cp, d, dcn, dg, dcp, b0, b1, H);
     });
   }
 };
