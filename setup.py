@@ -8,6 +8,7 @@ honoured. Install with `pip install --no-build-isolation .` so that pip uses the
 import glob
 import os
 import sys
+import sys
 
 from setuptools import find_packages, setup
 
@@ -41,6 +42,11 @@ def rel(paths):
 debug = _flag("DEBUG")
 cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
 cxx_flags += ["-std=c++17"]
+# at::parallel_for is a header template over OpenMP: without -fopenmp in OUR compile its `#pragma omp parallel`
+# is dropped and every "threaded" pointwise pass runs on one core. torch's CPU wheels link libgomp already.
+openmp = sys.platform.startswith("linux") and not _flag("FASTLSTM_NO_OPENMP")
+if openmp:
+    cxx_flags += ["-fopenmp"]
 sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
 extra = {"cxx": cxx_flags}
 define_macros = []
@@ -58,9 +64,11 @@ if sys.argv[1:] == ["--print-nvcc-flags"]:
 if want_cuda():
     sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     extra["nvcc"] = nvcc_flags
-    ext = CUDAExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros)
+    ext = CUDAExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros,
+                        extra_link_args=["-fopenmp"] if openmp else [])
 else:
-    ext = CppExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros)
+    ext = CppExtension("fastlstm._C", sources, extra_compile_args=extra, define_macros=define_macros,
+                        extra_link_args=["-fopenmp"] if openmp else [])
 
 setup(
     name="fastlstm",

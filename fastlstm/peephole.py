@@ -261,6 +261,10 @@ class PeepholeLSTM(nn.Module):
         # What the borrowed nn.LSTM checks read (dtype of [0], device of each).
         return [getattr(self, n) for n in self._param_names]
 
+    def _forward_lean(self, input: Tensor, hx) -> None:
+        # FastLSTM's lean path calls the plain LSTM op directly; PeepholeLSTM always takes the general path.
+        return None
+
     def _update_flat_weights(self) -> None:
         # FastLSTM.forward refreshes nn.LSTM's cached weight list here; this module keeps none.
         pass
