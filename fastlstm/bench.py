@@ -191,8 +191,47 @@ def make_lstm(case: Case, device: str) -> dict[str, nn.Module]:
     return {"fastlstm": FastLSTM.from_lstm(ref), "torch": ref, "cell_loop": CellLoop(ref, nn.LSTMCell)}
 
 
-# model name -> factory(case, device) -> {contender name: module}. Contender names are CONTENDERS'.
-MODELS: dict[str, Callable[[Case, str], dict[str, nn.Module]]] = {"lstm": make_lstm}
+def make_gru(case: Case, device: str) -> dict[str, nn.Module]:
+    """FastGRU, nn.GRU and an nn.GRUCell loop with identical weights."""
+    from .gru import FastGRU
+
+    ref = nn.GRU(case.I, case.H, case.layers, bidirectional=case.bidirectional,
+                 device=device, dtype=_DTYPES[case.dtype])
+    return {"fastlstm": FastGRU.from_gru(ref), "torch": ref, "cell_loop": CellLoop(ref, nn.GRUCell)}
+
+
+class PeepholeOracle(nn.Module):
+    """The plain PyTorch loop (fastlstm.reference.peephole_lstm_ref, computed in the input's dtype) over a
+    PeepholeLSTM's parameters: torch has no peephole LSTM, so this loop is what a user would otherwise run."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: Tensor, state=None):
+        from .reference import peephole_lstm_ref, peephole_module_params
+
+        return peephole_lstm_ref(x, state, peephole_module_params(self.m), self.m.num_layers,
+                                 self.m.bidirectional, compute_dtype=x.dtype)
+
+
+def make_peephole(case: Case, device: str) -> dict[str, nn.Module]:
+    """PeepholeLSTM (diagonal) as "fastlstm" and its oracle loop in the "torch" slot (there is no torch
+    peephole LSTM). Compare with FastLSTM through the lstm rows of the same run (--models lstm,peephole)."""
+    from .peephole import PeepholeLSTM
+
+    m = PeepholeLSTM(case.I, case.H, case.layers, bidirectional=case.bidirectional, peephole="diagonal",
+                     device=device, dtype=_DTYPES[case.dtype])
+    oracle = PeepholeLSTM(case.I, case.H, case.layers, bidirectional=case.bidirectional, peephole="diagonal",
+                          device=device, dtype=_DTYPES[case.dtype])
+    oracle.load_state_dict(m.state_dict())
+    return {"fastlstm": m, "torch": PeepholeOracle(oracle)}
+
+
+# model name -> factory(case, device) -> {contender name: module}. Contender names are CONTENDERS'; a factory
+# may leave a contender out (the peephole LSTM has no cell loop).
+MODELS: dict[str, Callable[[Case, str], dict[str, nn.Module]]] = {
+    "lstm": make_lstm, "gru": make_gru, "peephole": make_peephole}
 
 
 # ------------------------------------------------------------------------------------------- statements
@@ -247,6 +286,7 @@ def time_case(case: Case, device: str, contenders=CONTENDERS, rounds: int = 3, m
 
     torch.manual_seed(0)
     modules = MODELS[case.model](case, device)
+    contenders = [c for c in contenders if c in modules]
     steps = {name: make_step(case, modules[name], device) for name in contenders}
     for name in contenders:
         for _ in range(warmup):
@@ -290,7 +330,7 @@ def _cpu_peak_worker() -> None:
     torch.manual_seed(0)
     modules = MODELS[case.model](case, "cpu")
     res = {}
-    for name in req["contenders"]:
+    for name in [c for c in req["contenders"] if c in modules]:
         step = make_step(case, modules[name], "cpu")
         step()  # warm-up: one-time allocations (oneDNN primitives, caches) are not the call's peak
         gc.collect()
@@ -308,7 +348,7 @@ def peak_memory(case: Case, device: str, contenders=CONTENDERS) -> dict[str, Opt
         torch.manual_seed(0)
         modules = MODELS[case.model](case, device)
         res = {}
-        for name in contenders:
+        for name in [c for c in contenders if c in modules]:
             step = make_step(case, modules[name], device)
             step()
             torch.cuda.synchronize()
@@ -336,7 +376,7 @@ def run_case(case: Case, device: str, contenders=CONTENDERS, memory: bool = True
     """Time (and measure the memory of) one case; returns one flat result row."""
     t = time_case(case, device, contenders, **timing)
     row = dataclasses.asdict(case)
-    for name in contenders:
+    for name in t:
         row[f"{name}_ms"] = t[name]["median"] * 1e3
         row[f"{name}_iqr_ms"] = t[name]["iqr"] * 1e3
     if "torch" in t and "fastlstm" in t:
@@ -387,11 +427,12 @@ def format_table(rows: list[dict], contenders=CONTENDERS) -> str:
     lines = []
     for r in rows:
         case = Case(**{f.name: r[f.name] for f in dataclasses.fields(Case)})
-        cells = [r["mode"], r["model"], case.shape, r["dtype"]] + [f"{r[f'{c}_ms']:.3f}" for c in contenders]
+        cells = [r["mode"], r["model"], case.shape, r["dtype"]] + [
+            f"{r[f'{c}_ms']:.3f}" if f"{c}_ms" in r else "-" for c in contenders]
         if "torch" in contenders:
-            cells.append(f"{r['ratio']:.2f}x")
+            cells.append(f"{r['ratio']:.2f}x" if "ratio" in r else "-")
         if "cell_loop" in contenders:
-            cells.append(f"{r['ratio_cell_loop']:.2f}x")
+            cells.append(f"{r['ratio_cell_loop']:.2f}x" if "ratio_cell_loop" in r else "-")
         for c in contenders:
             if c != "cell_loop":
                 v = r.get(f"{c}_peak_mb")
@@ -403,11 +444,16 @@ def format_table(rows: list[dict], contenders=CONTENDERS) -> str:
     out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines]
     if "torch" in contenders:
         out.append("")
-        for mode in dict.fromkeys(r["mode"] for r in rows):
-            for dtype in dict.fromkeys(r["dtype"] for r in rows if r["mode"] == mode):
-                sel = [r["ratio"] for r in rows if r["mode"] == mode and r["dtype"] == dtype]
-                out.append(f"geomean nn.LSTM/FastLSTM  {mode:<9} {dtype:<8}: {geomean(sel):.2f}x "
-                           f"(min {min(sel):.2f}x, {len(sel)} cases)")
+        # What "torch" is per model: nn.LSTM / nn.GRU, and for the peephole LSTM its plain PyTorch loop.
+        name = {"lstm": "nn.LSTM/FastLSTM", "gru": "nn.GRU/FastGRU", "peephole": "oracle loop/PeepholeLSTM"}
+        for model in dict.fromkeys(r["model"] for r in rows):
+            for mode in dict.fromkeys(r["mode"] for r in rows if r["model"] == model):
+                for dtype in dict.fromkeys(r["dtype"] for r in rows if r["mode"] == mode):
+                    sel = [r["ratio"] for r in rows if r["model"] == model and r["mode"] == mode
+                           and r["dtype"] == dtype and "ratio" in r]
+                    if sel:
+                        out.append(f"geomean {name.get(model, model):<24} {mode:<9} {dtype:<8}: "
+                                   f"{geomean(sel):.2f}x (min {min(sel):.2f}x, {len(sel)} cases)")
     return "\n".join(out)
 
 
@@ -430,8 +476,8 @@ def write_plot(path: str, rows: list[dict], env: dict) -> None:
     fig, axes = plt.subplots(len(modes), 1, figsize=(10, 2.2 + 0.45 * len(rows)), squeeze=False)
     for ax, mode in zip(axes[:, 0], modes):
         sel = [r for r in rows if r["mode"] == mode]
-        labels = [Case(**{f.name: r[f.name] for f in dataclasses.fields(Case)}).shape + f" {r['dtype']}"
-                  for r in sel]
+        labels = [f"{r['model']} " + Case(**{f.name: r[f.name] for f in dataclasses.fields(Case)}).shape
+                  + f" {r['dtype']}" for r in sel]
         vals = [r["ratio"] for r in sel]
         colors = ["tab:green" if v >= 1 else "tab:red" for v in vals]
         ax.barh(range(len(sel)), vals, color=colors)
@@ -473,7 +519,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bidirectional", help="with --shapes: comma list of booleans (default false)")
     p.add_argument("--dtypes", help="comma list, e.g. float32,bfloat16 (default: the grid's)")
     p.add_argument("--modes", help="comma list of inference,training,streaming (default: the grid's)")
-    p.add_argument("--models", default="lstm", help=f"comma list of {','.join(MODELS)}")
+    p.add_argument("--models", default="lstm", help=f"comma list of {','.join(MODELS)} (gru: FastGRU vs nn.GRU; "
+                   "peephole: PeepholeLSTM (diagonal) vs its plain PyTorch loop in the torch column)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of " + ",".join(CONTENDERS))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--rounds", type=int, help="interleaved rounds per case (default 3, quick 2)")
