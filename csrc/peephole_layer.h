@@ -116,18 +116,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_layer_forward(
   const auto acc = acc_type(input.scalar_type());
   const auto opts = input.options();
 
-  // Input projection for all steps in one GEMM, both biases folded in (as in lstm_layer_forward).
-  Tensor gates = at::empty({T, B, 4 * H}, opts);
-  if (T * B > 0) {
-    Tensor x2d = input.reshape({T * B, I});
-    Tensor g2d = gates.view({T * B, 4 * H});
-    Tensor bias = fold_bias(b_ih, b_hh);
+  // Input projection with both biases folded in, as in lstm_layer_forward: all steps in one GEMM for
+  // training (the buffer then holds the gates backward needs), `chunk` steps at a time into one reused
+  // buffer of at most 2M elements for inference.
+  const int64_t chunk =
+      training ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 21) / std::max<int64_t>(1, B * 4 * H)));
+  Tensor gates = at::empty({chunk, B, 4 * H}, opts);
+  const Tensor bias = fold_bias(b_ih, b_hh);
+  // Projects the steps [t_lo, t_lo + n) into gates[0, n).
+  auto project = [&](int64_t t_lo, int64_t n) {
+    if (n * B == 0) return;
+    Tensor x2d = input.narrow(0, t_lo, n).reshape({n * B, I});
+    Tensor g2d = gates.narrow(0, 0, n).view({n * B, 4 * H});
     if (bias.defined()) {
       at::addmm_out(g2d, bias, x2d, w_ih.t());
     } else {
       at::mm_out(g2d, x2d, w_ih.t());
     }
-  }
+  };
 
   Tensor output = at::empty({T, B, H}, opts);
   Tensor cells = at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc));
@@ -148,9 +154,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_layer_forward(
   Tensor h_prev = h0.contiguous();
   Tensor c_prev = c0.to(acc).contiguous();
   StepSlices gates_at(gates), cells_at(cells), output_at(output);
+  int64_t t_lo = 0;  // the first step held in `gates`
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor g_t = gates_at[t];
+    if (s % chunk == 0) {
+      const int64_t n = std::min(chunk, T - s);
+      t_lo = reverse ? T - s - n : s;
+      project(t_lo, n);
+    }
+    Tensor g_t = gates_at[t - t_lo];
     // The recurrent GEMM through the Backend's optional hook (lstm_layer.h), as in lstm_layer_forward.
     bool done = false;
     if constexpr (has_recurrent_addmm<Backend>::value) done = Backend::recurrent_addmm(g_t, h_prev, w_hh);
