@@ -108,6 +108,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
     const OptTensor& lengths, bool reverse, bool training) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in lstm_layer_forward
   check_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -115,18 +116,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_layer_forward(
   const auto acc = acc_type(input.scalar_type());
   const auto opts = input.options();
 
-  // Input projection for all steps in one GEMM, both biases folded in (as in lstm_layer_forward).
-  Tensor gates = at::empty({T, B, 4 * H}, opts);
-  if (T * B > 0) {
-    Tensor x2d = input.reshape({T * B, I});
-    Tensor g2d = gates.view({T * B, 4 * H});
-    Tensor bias = fold_bias(b_ih, b_hh);
+  // Input projection with both biases folded in, as in lstm_layer_forward: all steps in one GEMM for
+  // training (the buffer then holds the gates backward needs), `chunk` steps at a time into one reused
+  // buffer of at most 2M elements for inference.
+  const int64_t chunk =
+      training ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 21) / std::max<int64_t>(1, B * 4 * H)));
+  Tensor gates = at::empty({chunk, B, 4 * H}, opts);
+  const Tensor bias = fold_bias(b_ih, b_hh);
+  // Projects the steps [t_lo, t_lo + n) into gates[0, n).
+  auto project = [&](int64_t t_lo, int64_t n) {
+    if (n * B == 0) return;
+    Tensor x2d = input.narrow(0, t_lo, n).reshape({n * B, I});
+    Tensor g2d = gates.narrow(0, 0, n).view({n * B, 4 * H});
     if (bias.defined()) {
       at::addmm_out(g2d, bias, x2d, w_ih.t());
     } else {
       at::mm_out(g2d, x2d, w_ih.t());
     }
-  }
+  };
 
   Tensor output = at::empty({T, B, H}, opts);
   Tensor cells = at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc));
@@ -146,12 +153,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_layer_forward(
 
   Tensor h_prev = h0.contiguous();
   Tensor c_prev = c0.to(acc).contiguous();
+  StepSlices gates_at(gates), cells_at(cells), output_at(output);
+  int64_t t_lo = 0;  // the first step held in `gates`
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor g_t = gates[t];
-    g_t.addmm_(h_prev, w_hh_t);
-    Tensor c_t = training ? cells[t] : cells[s % 2];
-    Tensor out_t = output[t];
+    if (s % chunk == 0) {
+      const int64_t n = std::min(chunk, T - s);
+      t_lo = reverse ? T - s - n : s;
+      project(t_lo, n);
+    }
+    Tensor g_t = gates_at[t - t_lo];
+    // The recurrent GEMM through the Backend's optional hook (lstm_layer.h), as in lstm_layer_forward.
+    bool done = false;
+    if constexpr (has_recurrent_addmm<Backend>::value) done = Backend::recurrent_addmm(g_t, h_prev, w_hh);
+    if (!done) g_t.addmm_(h_prev, w_hh_t);
+    Tensor c_t = cells_at[training ? t : s % 2];
+    Tensor out_t = output_at[t];
     if (mode == PeepholeMode::Diagonal) {
       Backend::peephole_forward_diag(g_t, c_prev, p_i, p_f, p_o, c_t, out_t);
     } else {
@@ -187,6 +204,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_ci,
     const Tensor& w_cf, const Tensor& w_co, const OptTensor& lengths, const Tensor& output, const Tensor& gates_in,
     const Tensor& cells_in, bool reverse) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in lstm_layer_forward
   check_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt, lengths);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = w_ih.size(0) / 4;
@@ -227,20 +245,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     dc_mid = at::empty({B, H}, opts.dtype(acc));
   }
 
+  // As in lstm_layer_backward: buffers allocated once (dh_t, the whole gradient reaching h_t; dh_rec, its
+  // recurrent part dgates_{t+1} @ w_hh), per-step slices without select(), the Backend's recurrent hook.
   Tensor dh = grad_h_n.contiguous();
+  Tensor dh_t = at::empty({B, H}, opts);
+  Tensor dh_rec = at::empty({B, H}, opts);
   Tensor dc = grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   Tensor dc_prev = at::empty({B, H}, opts.dtype(acc));
+  StepSlices gout_at(gout), gates_at(gates), cells_at(cells), dgates_at(dgates);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    Tensor dh_t = at::add(dh, gout[t]);
-    const Tensor c_prev = s > 0 ? cells[reverse ? t + 1 : t - 1] : c0_acc;
-    Tensor dg_t = dgates[t];
+    at::add_out(dh_t, dh, gout_at[t]);
+    const Tensor c_prev = s > 0 ? cells_at[reverse ? t + 1 : t - 1] : c0_acc;
+    const Tensor c_t = cells_at[t];
+    const Tensor g_t = gates_at[t];
+    Tensor dg_t = dgates_at[t];
     if (mode == PeepholeMode::Diagonal) {
-      Backend::peephole_backward_diag(gates[t], cells[t], c_prev, p_i, p_f, p_o, dh_t, dc, dg_t, dc_prev);
+      Backend::peephole_backward_diag(g_t, c_t, c_prev, p_i, p_f, p_o, dh_t, dc, dg_t, dc_prev);
     } else {
-      Backend::peephole_backward_h(gates[t], cells[t], dh_t, dc, dg_t, dc_mid);
+      Backend::peephole_backward_h(g_t, c_t, dh_t, dc, dg_t, dc_mid);
       dc_mid.addmm_(dg_t.narrow(1, 3 * H, H).to(acc), w_co_acc);
-      Backend::peephole_backward_c(gates[t], c_prev, dc_mid, dg_t, dc_prev);
+      Backend::peephole_backward_c(g_t, c_prev, dc_mid, dg_t, dc_prev);
       dc_prev.addmm_(dg_t.narrow(1, 0, 2 * H).to(acc), w_cif);
     }
     if (mask.defined()) {
@@ -249,9 +274,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       const Tensor m = mask[t];
       dg_t.masked_fill_(m.logical_not(), 0);
       dc_prev.copy_(at::where(m, dc_prev, dc));
-      dh = at::where(m, at::mm(dg_t, w_hh), dh);
+      recurrent_backward_mm<Backend>(dh_rec, dg_t, w_hh);
+      dh = at::where(m, dh_rec, dh);
     } else {
-      dh = at::mm(dg_t, w_hh);
+      // The next step's add_out reads dh_rec into dh_t before this buffer is overwritten again.
+      recurrent_backward_mm<Backend>(dh_rec, dg_t, w_hh);
+      dh = dh_rec;
     }
     std::swap(dc, dc_prev);
   }

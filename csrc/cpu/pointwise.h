@@ -35,11 +35,42 @@ using GemvRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* x,
 using GemvTRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_t c0, int64_t c1,
                              int64_t R, int64_t C);
 
+// Peephole-LSTM row kernels (issue 6; the Backend passes of csrc/peephole_layer.h, which documents the
+// arguments), rows [b0, b1): gates [B,4H] scalar, cell states and gradients acc, h and dh scalar, the
+// diagonal peephole weights p_i, p_f, p_o [H] acc.
+using PeepholeForwardDiagFn = void (*)(c10::ScalarType dtype, void* gates, const void* c_prev, const void* p_i,
+                                       const void* p_f, const void* p_o, void* c_out, void* h_out, int64_t b0,
+                                       int64_t b1, int64_t H);
+using PeepholeForwardCFn = void (*)(c10::ScalarType dtype, void* gates, const void* c_prev, void* c_out,
+                                    int64_t b0, int64_t b1, int64_t H);
+using PeepholeForwardHFn = void (*)(c10::ScalarType dtype, void* gates, const void* c, void* h_out, int64_t b0,
+                                    int64_t b1, int64_t H);
+using PeepholeBackwardDiagFn = void (*)(c10::ScalarType dtype, const void* gates, const void* c,
+                                        const void* c_prev, const void* p_i, const void* p_f, const void* p_o,
+                                        const void* dh, const void* dc_next, void* dgates, void* dc_prev,
+                                        int64_t b0, int64_t b1, int64_t H);
+using PeepholeBackwardHFn = void (*)(c10::ScalarType dtype, const void* gates, const void* c, const void* dh,
+                                     const void* dc_next, void* dgates, void* dc_out, int64_t b0, int64_t b1,
+                                     int64_t H);
+using PeepholeBackwardCFn = void (*)(c10::ScalarType dtype, const void* gates, const void* c_prev,
+                                     const void* dc, void* dgates, void* dc_prev, int64_t b0, int64_t b1,
+                                     int64_t H);
+
+struct PeepholeKernels {
+  PeepholeForwardDiagFn forward_diag;
+  PeepholeForwardCFn forward_c;
+  PeepholeForwardHFn forward_h;
+  PeepholeBackwardDiagFn backward_diag;
+  PeepholeBackwardHFn backward_h;
+  PeepholeBackwardCFn backward_c;
+};
+
 struct PointwiseKernels {
   ForwardRowsFn forward;
   BackwardRowsFn backward;
   GemvRowsFn gemv;
   GemvTRowsFn gemv_t;
+  PeepholeKernels peephole;
   const char* isa;  // "DEFAULT", "AVX2" or "AVX512"
 };
 

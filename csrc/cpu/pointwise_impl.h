@@ -283,10 +283,210 @@ void gemv_t(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_
   }
 }
 
+// ---- Peephole LSTM (issue 6): the same activations over the shared peephole cell math. ----
+// A "lane" is how a per-unit body reads and writes: a whole SIMD register of acc_t, or one acc_t converted
+// from/to the storage type. Each pass is written once as a generic lambda over the lane, so the vector body
+// and the scalar tail (and the half/bfloat16 path) are the same code.
+template <typename acc_t>
+struct VecLane {
+  using C = Vectorized<acc_t>;
+  using Act = VecAct;
+  static constexpr int64_t width = C::size();
+  static C load(const acc_t* p) { return C::loadu(p); }
+  static void store(acc_t* p, const C& v) { v.store(p); }
+};
+
+template <typename acc_t>
+struct ScalarLane {
+  using C = acc_t;
+  using Act = math::ScalarAct;
+  static constexpr int64_t width = 1;
+  template <typename S>
+  static C load(const S* p) {
+    return static_cast<C>(*p);
+  }
+  template <typename S>
+  static void store(S* p, C v) {
+    *p = static_cast<S>(v);
+  }
+};
+
+// Calls f(j, lane) for the units j of one row: SIMD-wide while storage == compute type, then one by one.
+template <typename scalar_t, typename acc_t, typename F>
+inline void for_each_unit(int64_t H, const F& f) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (; j + VecLane<acc_t>::width <= H; j += VecLane<acc_t>::width) f(j, VecLane<acc_t>{});
+  }
+  for (; j < H; ++j) f(j, ScalarLane<acc_t>{});
+}
+
+#define FASTLSTM_PEEPHOLE_DISPATCH(T, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, T, NAME, __VA_ARGS__)
+
+void peephole_forward_diag(c10::ScalarType dtype, void* gates, const void* c_prev, const void* p_i,
+                           const void* p_f, const void* p_o, void* c_out, void* h_out, int64_t b0, int64_t b1,
+                           int64_t H) {
+  FASTLSTM_PEEPHOLE_DISPATCH(dtype, "fastlstm_peephole_forward_diag", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t *PI = static_cast<const acc_t*>(p_i), *PF = static_cast<const acc_t*>(p_f),
+                *PO = static_cast<const acc_t*>(p_o);
+    for (int64_t b = b0; b < b1; ++b) {
+      scalar_t* g = static_cast<scalar_t*>(gates) + b * 4 * H;
+      const acc_t* cp = static_cast<const acc_t*>(c_prev) + b * H;
+      acc_t* c = static_cast<acc_t*>(c_out) + b * H;
+      scalar_t* h = static_cast<scalar_t*>(h_out) + b * H;
+      for_each_unit<scalar_t, acc_t>(H, [&](int64_t j, auto lane) {
+        using L = decltype(lane);
+        typename L::C i, f, gg, o, cn, hn;
+        math::peephole_cell_forward<typename L::C, typename L::Act>(
+            L::load(g + j), L::load(g + H + j), L::load(g + 2 * H + j), L::load(g + 3 * H + j), L::load(cp + j),
+            L::load(PI + j), L::load(PF + j), L::load(PO + j), i, f, gg, o, cn, hn);
+        L::store(g + j, i);
+        L::store(g + H + j, f);
+        L::store(g + 2 * H + j, gg);
+        L::store(g + 3 * H + j, o);
+        L::store(c + j, cn);
+        L::store(h + j, hn);
+      });
+    }
+  });
+}
+
+void peephole_forward_c(c10::ScalarType dtype, void* gates, const void* c_prev, void* c_out, int64_t b0,
+                        int64_t b1, int64_t H) {
+  FASTLSTM_PEEPHOLE_DISPATCH(dtype, "fastlstm_peephole_forward_c", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b = b0; b < b1; ++b) {
+      scalar_t* g = static_cast<scalar_t*>(gates) + b * 4 * H;
+      const acc_t* cp = static_cast<const acc_t*>(c_prev) + b * H;
+      acc_t* c = static_cast<acc_t*>(c_out) + b * H;
+      for_each_unit<scalar_t, acc_t>(H, [&](int64_t j, auto lane) {
+        using L = decltype(lane);
+        typename L::C i, f, gg, cn;
+        math::peephole_forward_c<typename L::C, typename L::Act>(L::load(g + j), L::load(g + H + j),
+                                                                 L::load(g + 2 * H + j), L::load(cp + j), i, f,
+                                                                 gg, cn);
+        L::store(g + j, i);
+        L::store(g + H + j, f);
+        L::store(g + 2 * H + j, gg);
+        L::store(c + j, cn);
+      });
+    }
+  });
+}
+
+void peephole_forward_h(c10::ScalarType dtype, void* gates, const void* c, void* h_out, int64_t b0, int64_t b1,
+                        int64_t H) {
+  FASTLSTM_PEEPHOLE_DISPATCH(dtype, "fastlstm_peephole_forward_h", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b = b0; b < b1; ++b) {
+      scalar_t* go = static_cast<scalar_t*>(gates) + b * 4 * H + 3 * H;
+      const acc_t* cc = static_cast<const acc_t*>(c) + b * H;
+      scalar_t* h = static_cast<scalar_t*>(h_out) + b * H;
+      for_each_unit<scalar_t, acc_t>(H, [&](int64_t j, auto lane) {
+        using L = decltype(lane);
+        typename L::C o, hn;
+        math::peephole_forward_h<typename L::C, typename L::Act>(L::load(go + j), L::load(cc + j), o, hn);
+        L::store(go + j, o);
+        L::store(h + j, hn);
+      });
+    }
+  });
+}
+
+void peephole_backward_diag(c10::ScalarType dtype, const void* gates, const void* c, const void* c_prev,
+                            const void* p_i, const void* p_f, const void* p_o, const void* dh,
+                            const void* dc_next, void* dgates, void* dc_prev, int64_t b0, int64_t b1, int64_t H) {
+  FASTLSTM_PEEPHOLE_DISPATCH(dtype, "fastlstm_peephole_backward_diag", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t *PI = static_cast<const acc_t*>(p_i), *PF = static_cast<const acc_t*>(p_f),
+                *PO = static_cast<const acc_t*>(p_o);
+    for (int64_t b = b0; b < b1; ++b) {
+      const scalar_t* g = static_cast<const scalar_t*>(gates) + b * 4 * H;
+      scalar_t* dg = static_cast<scalar_t*>(dgates) + b * 4 * H;
+      const acc_t* cc = static_cast<const acc_t*>(c) + b * H;
+      const acc_t* cp = static_cast<const acc_t*>(c_prev) + b * H;
+      const acc_t* dcn = static_cast<const acc_t*>(dc_next) + b * H;
+      const scalar_t* d = static_cast<const scalar_t*>(dh) + b * H;
+      acc_t* dcp = static_cast<acc_t*>(dc_prev) + b * H;
+      for_each_unit<scalar_t, acc_t>(H, [&](int64_t j, auto lane) {
+        using L = decltype(lane);
+        typename L::C di, df, dgg, dout, dcpv;
+        math::peephole_cell_backward<typename L::C, typename L::Act>(
+            L::load(g + j), L::load(g + H + j), L::load(g + 2 * H + j), L::load(g + 3 * H + j), L::load(cc + j),
+            L::load(cp + j), L::load(PI + j), L::load(PF + j), L::load(PO + j), L::load(d + j), L::load(dcn + j),
+            di, df, dgg, dout, dcpv);
+        L::store(dg + j, di);
+        L::store(dg + H + j, df);
+        L::store(dg + 2 * H + j, dgg);
+        L::store(dg + 3 * H + j, dout);
+        L::store(dcp + j, dcpv);
+      });
+    }
+  });
+}
+
+void peephole_backward_h(c10::ScalarType dtype, const void* gates, const void* c, const void* dh,
+                         const void* dc_next, void* dgates, void* dc_out, int64_t b0, int64_t b1, int64_t H) {
+  FASTLSTM_PEEPHOLE_DISPATCH(dtype, "fastlstm_peephole_backward_h", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b = b0; b < b1; ++b) {
+      const scalar_t* go = static_cast<const scalar_t*>(gates) + b * 4 * H + 3 * H;
+      scalar_t* dgo = static_cast<scalar_t*>(dgates) + b * 4 * H + 3 * H;
+      const acc_t* cc = static_cast<const acc_t*>(c) + b * H;
+      const acc_t* dcn = static_cast<const acc_t*>(dc_next) + b * H;
+      const scalar_t* d = static_cast<const scalar_t*>(dh) + b * H;
+      acc_t* dc = static_cast<acc_t*>(dc_out) + b * H;
+      for_each_unit<scalar_t, acc_t>(H, [&](int64_t j, auto lane) {
+        using L = decltype(lane);
+        typename L::C dout, dcv;
+        math::peephole_backward_h<typename L::C, typename L::Act>(L::load(go + j), L::load(cc + j), L::load(d + j),
+                                                                  L::load(dcn + j), dout, dcv);
+        L::store(dgo + j, dout);
+        L::store(dc + j, dcv);
+      });
+    }
+  });
+}
+
+void peephole_backward_c(c10::ScalarType dtype, const void* gates, const void* c_prev, const void* dc,
+                         void* dgates, void* dc_prev, int64_t b0, int64_t b1, int64_t H) {
+  FASTLSTM_PEEPHOLE_DISPATCH(dtype, "fastlstm_peephole_backward_c", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b = b0; b < b1; ++b) {
+      const scalar_t* g = static_cast<const scalar_t*>(gates) + b * 4 * H;
+      scalar_t* dg = static_cast<scalar_t*>(dgates) + b * 4 * H;
+      const acc_t* cp = static_cast<const acc_t*>(c_prev) + b * H;
+      const acc_t* dcv = static_cast<const acc_t*>(dc) + b * H;
+      acc_t* dcp = static_cast<acc_t*>(dc_prev) + b * H;
+      for_each_unit<scalar_t, acc_t>(H, [&](int64_t j, auto lane) {
+        using L = decltype(lane);
+        typename L::C di, df, dgg, dcpv;
+        math::peephole_backward_c<typename L::C, typename L::Act>(L::load(g + j), L::load(g + H + j),
+                                                                  L::load(g + 2 * H + j), L::load(cp + j),
+                                                                  L::load(dcv + j), di, df, dgg, dcpv);
+        L::store(dg + j, di);
+        L::store(dg + H + j, df);
+        L::store(dg + 2 * H + j, dgg);
+        L::store(dcp + j, dcpv);
+      });
+    }
+  });
+}
+
+#undef FASTLSTM_PEEPHOLE_DISPATCH
+
 }  // namespace FASTLSTM_ISA
 
 PointwiseKernels FASTLSTM_CAT(kernels_, FASTLSTM_ISA)() {
-  return {&FASTLSTM_ISA::forward, &FASTLSTM_ISA::backward, &FASTLSTM_ISA::gemv, &FASTLSTM_ISA::gemv_t,
+  return {&FASTLSTM_ISA::forward,
+          &FASTLSTM_ISA::backward,
+          &FASTLSTM_ISA::gemv,
+          &FASTLSTM_ISA::gemv_t,
+          {&FASTLSTM_ISA::peephole_forward_diag, &FASTLSTM_ISA::peephole_forward_c,
+           &FASTLSTM_ISA::peephole_forward_h, &FASTLSTM_ISA::peephole_backward_diag,
+           &FASTLSTM_ISA::peephole_backward_h, &FASTLSTM_ISA::peephole_backward_c},
           FASTLSTM_ISA_NAME};
 }
 
