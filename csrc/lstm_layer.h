@@ -203,6 +203,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
     if (n * B == 0) return;
     Tensor x2d = input.narrow(0, t_lo, n).reshape({n * B, I});
     Tensor g2d = gates.narrow(0, 0, n).view({n * B, 4 * H});
+    if constexpr (has_recurrent_addmm<Backend>::value) {
+      // A single row (one streaming step at batch 1): the Backend's GEMV hook, as for the recurrent
+      // product, instead of a GEMM call that costs more than its arithmetic.
+      if (n * B == 1 && x2d.is_contiguous()) {
+        if (bias.defined()) {
+          g2d.copy_(bias);
+        } else {
+          g2d.zero_();
+        }
+        if (Backend::recurrent_addmm(g2d, x2d, w_ih)) return;
+      }
+    }
     if (bias.defined()) {
       at::addmm_out(g2d, bias, x2d, w_ih.t());
     } else {

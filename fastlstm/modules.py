@@ -238,12 +238,14 @@ class FastLSTM(nn.LSTM):
         tuple of two 3-D tensors of the right shapes, everything on one supported device in one dtype. Does
         only the checks that decide this; returns None for anything else, and forward then takes the general
         path, which raises nn.LSTM's own errors. Same results as the general path."""
-        self._update_flat_weights()
+        self._update_flat_weights_fast()
         fw = self._flat_weights
         w0 = fw[0]
+        if input.dim() != 3 or input.size(-1) != self.input_size:
+            return None
         dtype, device = input.dtype, input.device
-        if (input.dim() != 3 or dtype != w0.dtype or device != w0.device or input.size(-1) != self.input_size
-                or not _HAS.get(device.type, False) or (device.type == "cpu" and dtype not in _CPU_DTYPES)):
+        if (dtype != w0.dtype or device != w0.device or not _HAS.get(device.type, False)
+                or (device.type == "cpu" and dtype not in _CPU_DTYPES)):
             return None
         for p in fw:
             if p.device != device:
@@ -251,8 +253,8 @@ class FastLSTM(nn.LSTM):
         D = 2 if self.bidirectional else 1
         LD, H = self.num_layers * D, self.hidden_size
         P = self.proj_size if self.proj_size > 0 else H
-        B = input.size(0) if self.batch_first else input.size(1)
         x = input.transpose(0, 1) if self.batch_first else input
+        B = x.size(1)
         if x.size(0) == 0:
             return None
         if hx is None:
@@ -275,6 +277,20 @@ class FastLSTM(nn.LSTM):
         else:
             out, h_n, c_n = self._run(x, (h0, c0), None)
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
+
+    def _update_flat_weights_fast(self) -> None:
+        """nn.RNNBase._update_flat_weights without its per-name hasattr/getattr through Module.__getattr__,
+        which costs as much as the one-step kernel on the streaming path. Same result: any name not found
+        as a parameter (e.g. swapped in by torch.func.functional_call as something else) takes the original."""
+        params = self._parameters
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
+            w = params.get(name)
+            if w is None or ref is None:
+                self._update_flat_weights()
+                return
+            if ref() is not w:
+                self._init_flat_weights()
+                return
 
     def _zeros(self, input, batch, num_directions, real_hidden_size):
         shape = (self.num_layers * num_directions, batch)
