@@ -64,40 +64,59 @@ struct MklPacked {
   }
 };
 
-// One packed weight per thread and role, reused while the same weight tensor (same TensorImpl, same version)
-// is multiplied with the same batch size: within one layer call every step hits. The key is a weak reference
-// (a freed weight whose address is reused cannot match); `ori` does hold the last weight used per thread and
-// role (or its transposed copy), one [4H, P] tensor at most.
+// The packed weights live for ONE op call and are rebuilt by the next: a weight can change between calls
+// in ways no key sees (`p.data.copy_(...)`, `p.data = ...`, writes through `.numpy()`,
+// vector_to_parameters: none bumps the parameter's version counter, and the TensorImpl stays the same), and
+// a stale packed copy is a silently wrong result. Within a call the weights cannot change, and every step
+// reuses the copy. Packing costs about one pass over the weight, so it is only worth it over several steps.
 struct PackedWeight {
-  std::optional<c10::weak_intrusive_ptr<c10::TensorImpl>> key;
-  int64_t version = -1, batch = -1;
   Tensor ori, packed;  // ori: the [N, K] operand in linear's layout (contiguous), packed: MKL's reorder of it
-
-  bool matches(const Tensor& w, int64_t B) const {
-    if (!key) return false;
-    auto impl = key->lock();
-    return impl && impl.get() == w.unsafeGetTensorImpl() && version == static_cast<int64_t>(w._version()) &&
-           batch == B;
-  }
+  int64_t batch = -1;
 };
 
+struct CallCache {
+  PackedWeight forward, backward;  // the recurrent weight as h @ w_hh^T needs it, and as dgates @ w_hh does
+  int64_t steps = 0;               // T of the op call in progress on this thread; 0: none (no packing)
+};
+
+inline CallCache& call_cache() {
+  thread_local CallCache cache;
+  return cache;
+}
+
+// Scopes the packed-weight cache to one op call of T steps on this thread (the drivers' hooks run on the
+// calling thread). The cache is emptied when the call ends, so no weight outlives it.
+class LayerCall {
+ public:
+  explicit LayerCall(int64_t T) {
+    CallCache& c = call_cache();
+    c = CallCache{};
+    c.steps = T;
+  }
+  ~LayerCall() { call_cache() = CallCache{}; }
+  LayerCall(const LayerCall&) = delete;
+  LayerCall& operator=(const LayerCall&) = delete;
+};
+
+// Fewer steps than this and packing costs more than it saves (one plain GEMM per step is cheaper).
+constexpr int64_t kMinPackedSteps = 4;
+
 // y [B, N] = x [B, K] @ ori^T with ori = make_ori(w) [N, K], through MKL's packed GEMM, or undefined when not
-// applicable (no MKL, not float32, or a batch too small to pay for the packing).
+// applicable (no MKL, not float32, outside a LayerCall, too few steps, or a batch too small to pay for the
+// packing).
 template <class MakeOri>
 inline Tensor packed_linear(PackedWeight& cache, const Tensor& w, const Tensor& x, MakeOri make_ori) {
   const auto& mkl = MklPacked::get();
   const int64_t B = x.size(0);
   // Below ~1 MFLOP per step the op call costs more than the packing saves (measured at B=16, H=64).
   if (!mkl.linear || B < 2 || x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat ||
-      B * w.numel() < (int64_t(1) << 19)) {
+      B * w.numel() < (int64_t(1) << 19) || call_cache().steps < kMinPackedSteps) {
     return Tensor();
   }
-  if (!cache.matches(w, B)) {
+  if (cache.batch != B) {
     at::NoGradGuard no_grad;
     cache.ori = make_ori(w);
     cache.packed = mkl.reorder->call(cache.ori, B);
-    cache.key.emplace(w.getIntrusivePtr());
-    cache.version = static_cast<int64_t>(w._version());
     cache.batch = B;
   }
   return mkl.linear->call(x, cache.packed, cache.ori, std::nullopt, B);
@@ -111,8 +130,7 @@ struct RecurrentHooks {
   static bool recurrent_addmm(const Tensor& gates, const Tensor& h, const Tensor& w_hh) {
     const auto dtype = gates.scalar_type();
     if (gates.size(0) > 1) {
-      thread_local PackedWeight cache;
-      Tensor hw = packed_linear(cache, w_hh, h, [](const Tensor& w) { return w.contiguous(); });
+      Tensor hw = packed_linear(call_cache().forward, w_hh, h, [](const Tensor& w) { return w.contiguous(); });
       if (!hw.defined()) return false;
       gates.add_(hw);
       return true;
@@ -136,8 +154,7 @@ struct RecurrentHooks {
   static bool recurrent_backward_mm(const Tensor& dh, const Tensor& dgates, const Tensor& w_hh) {
     const auto dtype = dgates.scalar_type();
     if (dgates.size(0) > 1) {
-      thread_local PackedWeight cache;
-      Tensor d = packed_linear(cache, w_hh, dgates, [](const Tensor& w) { return w.t().contiguous(); });
+      Tensor d = packed_linear(call_cache().backward, w_hh, dgates, [](const Tensor& w) { return w.t().contiguous(); });
       if (!d.defined()) return false;
       const_cast<Tensor&>(dh).copy_(d);
       return true;

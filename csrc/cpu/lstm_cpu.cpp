@@ -59,6 +59,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& lengths,
     bool reverse) {
   check_cpu_dtype(input);
+  const cpu::LayerCall call(input.dim() > 0 ? input.size(0) : 0);
   return lstm_layer_forward<CpuBackend>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, true);
 }
 
@@ -68,6 +69,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference_cpu(const Tensor& input, const
                                                       const OptTensor& w_hr, const OptTensor& lengths,
                                                       bool reverse) {
   check_cpu_dtype(input);
+  const cpu::LayerCall call(input.dim() > 0 ? input.size(0) : 0);
   auto r = lstm_layer_forward<CpuBackend>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, false);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
@@ -77,6 +79,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
     const OptTensor& lengths, const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
   check_cpu_dtype(input);
+  const cpu::LayerCall call(input.dim() > 0 ? input.size(0) : 0);
   return lstm_layer_backward<CpuBackend>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr,
                                          lengths, output, gates, cells, reverse);
 }

@@ -104,6 +104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> peephole_forward_cpu(
     const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
     const OptTensor& lengths, bool reverse) {
   check_cpu_dtype(input);
+  const cpu::LayerCall call(input.dim() > 0 ? input.size(0) : 0);
   return peephole_layer_forward<CpuPeepholeBackend>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co,
                                                     lengths, reverse, /*training=*/true);
 }
@@ -113,6 +114,7 @@ std::tuple<Tensor, Tensor, Tensor> peephole_inference_cpu(
     const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
     const OptTensor& lengths, bool reverse) {
   check_cpu_dtype(input);
+  const cpu::LayerCall call(input.dim() > 0 ? input.size(0) : 0);
   auto r = peephole_layer_forward<CpuPeepholeBackend>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co,
                                                       lengths, reverse, /*training=*/false);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
@@ -124,6 +126,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& w_cf, const Tensor& w_co, const OptTensor& lengths, const Tensor& output, const Tensor& gates,
     const Tensor& cells, bool reverse) {
   check_cpu_dtype(input);
+  const cpu::LayerCall call(input.dim() > 0 ? input.size(0) : 0);
   return peephole_layer_backward<CpuPeepholeBackend>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh,
                                                      w_ci, w_cf, w_co, lengths, output, gates, cells, reverse);
 }
