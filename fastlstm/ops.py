@@ -247,10 +247,16 @@ def register_cell(name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The one-layer functions. Each picks the inference op (which saves nothing) when no gradient is needed.
-# The requires_grad tests are spelled out rather than any(<generator>), and the overloads are resolved once
-# here: on the one-step streaming path either would cost about as much as the kernel.
+# The one-layer functions. Each picks the inference op (which saves nothing) when no gradient is needed,
+# and then calls it below the Autograd key: the inference op's autograd kernel (above) is Python, and
+# merely passing through it costs ~6 us per call under no_grad, half the one-step kernel. (In inference
+# mode the dispatcher skips autograd by itself; under torch.compile the guard is not traceable and not
+# needed.) The requires_grad tests are spelled out rather than any(<generator>), and the overloads are
+# resolved once here: on the one-step streaming path either would cost about as much as the kernel.
 
+_compiling = torch.compiler.is_compiling
+_inference_mode = torch.is_inference_mode_enabled
+_below_autograd = torch._C._AutoDispatchBelowAutograd
 _lstm_forward = torch.ops.fastlstm.lstm_forward.default
 _lstm_inference = torch.ops.fastlstm.lstm_inference.default
 _gru_forward = torch.ops.fastlstm.gru_forward.default
@@ -282,7 +288,10 @@ def lstm_layer(
             or w_hh.requires_grad or (b_ih is not None and b_ih.requires_grad)
             or (b_hh is not None and b_hh.requires_grad) or (w_hr is not None and w_hr.requires_grad)):
         return _lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)[:3]
-    return _lstm_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    if _compiling() or _inference_mode():  # in this order: Dynamo cannot trace the second
+        return _lstm_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    with _below_autograd():
+        return _lstm_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
 
 def gru_layer(
@@ -304,7 +313,10 @@ def gru_layer(
             input.requires_grad or h0.requires_grad or w_ih.requires_grad or w_hh.requires_grad
             or (b_ih is not None and b_ih.requires_grad) or (b_hh is not None and b_hh.requires_grad)):
         return _gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)[:2]
-    return _gru_inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    if _compiling() or _inference_mode():  # in this order: Dynamo cannot trace the second
+        return _gru_inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    with _below_autograd():
+        return _gru_inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
 
 
 def peephole_layer(
@@ -333,7 +345,10 @@ def peephole_layer(
             or (b_hh is not None and b_hh.requires_grad) or w_ci.requires_grad or w_cf.requires_grad
             or w_co.requires_grad):
         return _peephole_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths, reverse)[:3]
-    return _peephole_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths, reverse)
+    if _compiling() or _inference_mode():  # in this order: Dynamo cannot trace the second
+        return _peephole_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths, reverse)
+    with _below_autograd():
+        return _peephole_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths, reverse)
 
 
 def layernorm_lstm_layer(
@@ -369,4 +384,7 @@ def layernorm_lstm_layer(
             or (b_hh is not None and b_hh.requires_grad) or ln_ih_w.requires_grad or ln_ih_b.requires_grad
             or ln_hh_w.requires_grad or ln_hh_b.requires_grad or ln_c_w.requires_grad or ln_c_b.requires_grad):
         return ops.layernorm_lstm_forward.default(*args)[:3]
-    return ops.layernorm_lstm_inference.default(*args)
+    if _compiling() or _inference_mode():  # in this order: Dynamo cannot trace the second
+        return ops.layernorm_lstm_inference.default(*args)
+    with _below_autograd():
+        return ops.layernorm_lstm_inference.default(*args)
