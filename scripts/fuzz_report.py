@@ -1,0 +1,43 @@
+"""Print every distinct failure of the fuzz test (tests/test_fuzz.py): target, malformed argument, what
+happened, how many cases, and one example call.
+
+    PYTHONPATH=. python scripts/fuzz_report.py [--seed N] [--repeats R] [--all]
+
+--repeats draws R valid calls per op (R times the cases; the test uses 1); --all prints every failing
+case instead of one per group. Exit status 1 when anything failed, so it can gate a fix.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+import fuzzing  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seed", type=int, default=int(os.environ.get("FASTLSTM_FUZZ_SEED", "0")))
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--all", action="store_true")
+    a = p.parse_args()
+    cases = fuzzing.all_cases(a.seed, repeats=a.repeats, module_repeats=4 * a.repeats)
+    t0 = time.perf_counter()
+    results = fuzzing.run_cases(cases)
+    bad = [(c, v) for c, v in results if v.get("fail")]
+    print(f"seed {a.seed}: {len(cases)} cases, {len(bad)} failed, {time.perf_counter() - t0:.1f} s")
+    if a.all:
+        print("\n".join(fuzzing.failure_lines(results, a.seed)))
+        return 1 if bad else 0
+    groups = fuzzing.distinct(results)
+    print(f"{len(groups)} distinct failures (target | malformed argument | what happened | cases):\n")
+    for target, what, happened, n, case, v in groups:
+        print(f"{target} | {what} | {happened} | x{n}")
+        print(f"    {v['fail'].splitlines()[0][:400]}")
+        print(f"    e.g. {case.label()}: {v['call'][:400]}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
