@@ -136,6 +136,10 @@ CASES = [
     ("train val-frac 1", "train --text {d}/text.txt --out {d}/o --val-frac 1", "[0, 1)"),
     ("train val-frac negative", "train --text {d}/text.txt --out {d}/o --val-frac -0.1", "--val-frac"),
     ("train val-frac nan", "train --text {d}/text.txt --out {d}/o --val-frac nan", "finite"),
+    # 4 x 10^7 x 10^7 float32 weights: 1.6 PB, beyond any address space, so refused even under overcommit.
+    ("train hidden too big for memory",
+     "train --text {d}/text.txt --out {d}/o --hidden 10000000 --layers 1 --batch-size 2 --seq-length 10 --val-frac 0",
+     "does not fit in memory"),
     ("train hidden not a number", "train --text {d}/text.txt --out {d}/o --hidden 1e3", "invalid int value"),
     ("train peephole on torch", "train --text {d}/text.txt --out {d}/o --cell peephole --backend torch",
      "peephole"),

@@ -18,7 +18,7 @@ from torch import Tensor
 from .data import Vocab
 from .errors import SAMPLE_CHECKS, CharRNNError, check
 from .model import BACKENDS, CharRNN
-from .train import load_checkpoint
+from .train import build_model, load_checkpoint
 
 
 def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = None) -> tuple[CharRNN, Vocab]:
@@ -35,8 +35,7 @@ def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = No
         raise CharRNNError("--backend torch: this checkpoint is a peephole LSTM, which torch.nn does not have")
     try:
         vocab = Vocab(ckpt["vocab"])
-        model = CharRNN(len(vocab), cfg["hidden"], cfg["layers"], cfg["dropout"], backend or cfg["backend"],
-                        cell)
+        model = build_model(len(vocab), cfg, "cpu", backend)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         # The archive's CRCs were right (load_checkpoint), so this is a file that is not ours, or ours

@@ -375,6 +375,20 @@ def train(args: dict) -> Optional[dict]:
             dist.destroy_process_group()
 
 
+def build_model(vocab_size: int, cfg: dict, device, backend: Optional[str] = None) -> CharRNN:
+    """CharRNN as configured, on ``device``; CharRNNError when it does not fit in memory (--hidden is
+    checked to be positive, not to be small: 200000 asks for 640 GB)."""
+    try:
+        return CharRNN(vocab_size, cfg["hidden"], cfg["layers"], cfg["dropout"], backend or cfg["backend"],
+                       cfg.get("cell", "lstm")).to(device)
+    except (RuntimeError, MemoryError) as e:
+        msg = str(e)
+        if isinstance(e, MemoryError) or "allocate" in msg or "out of memory" in msg:
+            raise CharRNNError(f"a model with --hidden {cfg['hidden']} and --layers {cfg['layers']} does not "
+                               f"fit in memory ({_first_line(e)[-160:]})") from None
+        raise
+
+
 def _read_text(path: str) -> str:
     try:
         text = load_text(path)
@@ -419,8 +433,7 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
         total_steps = min(total_steps, cfg["max_steps"])
 
     torch.manual_seed(cfg["seed"])
-    model = CharRNN(len(vocab), cfg["hidden"], cfg["layers"], cfg["dropout"], cfg["backend"],
-                    cfg["cell"]).to(d.device)
+    model = build_model(len(vocab), cfg, d.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     # Processes must differ in their dropout masks; weights are the same (seeded above, and DDP
     # broadcasts rank 0's anyway).
