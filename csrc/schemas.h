@@ -6,7 +6,8 @@
 // half/bfloat16 inputs, else the input dtype):
 //   input [T, B, I] (time-major), h0 [B, P], c0 [B, H], lengths int64 [B] on the input's device: element b is
 //   active at step t iff t < lengths[b] (padded PackedSequence; inactive steps keep the state and output
-//   zeros). reverse: run t = T-1 .. 0.
+//   zeros; values are not checked, which on CUDA would cost a device-to-host sync: below 0 means never active,
+//   above T throughout). reverse: run t = T-1 .. 0.
 // LSTM: w_ih [4H, I], w_hh [4H, P], b_ih/b_hh [4H], w_hr [P, H] (proj_size > 0 only). Saved for backward:
 //   gates [T, B, 4H] (activated i, f, g, o) and cells [T, B, H] A (every c_t). grad_bias is the gradient of
 //   b_ih (== that of b_hh); grad_w_hr is [P, H], or [0] without w_hr.

@@ -75,14 +75,14 @@ class Base:
 
 
 def _family(op: str) -> str:
-    return op.split("_")[0]
+    return op.rsplit("_", 1)[0]
 
 
 def build_base(op: str, seed: int) -> Base:
     """The valid call of ``op`` that case seed ``seed`` starts from."""
     rng = random.Random(f"{op}:{seed}")
     g = torch.Generator().manual_seed(seed)
-    fam, phase = _family(op), op.split("_", 1)[1]
+    fam, phase = _family(op), op.rsplit("_", 1)[1]
     dtype = rng.choice([torch.float64, torch.float32])
     T, B, I, H = rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 5), rng.randint(2, 5)
     # seed % 1000 == 0: every optional argument given (biases, projection, lengths, full peepholes);
@@ -95,8 +95,8 @@ def build_base(op: str, seed: int) -> Base:
     bias = pick(0.8)
     use_lengths = pick(0.5)
     reverse = rng.random() < 0.5
-    G = {"lstm": "4H", "peephole": "4H", "gru": "3H"}[fam]
-    dims = {"T": T, "B": B, "I": I, "H": H, "P": P, "4H": 4 * H, "3H": 3 * H}
+    G = {"lstm": "4H", "peephole": "4H", "gru": "3H", "layernorm_lstm": "4H"}[fam]
+    dims = {"T": T, "B": B, "I": I, "H": H, "P": P, "4H": 4 * H, "3H": 3 * H, "4": 4}
     shapes: dict = {}
 
     if fam == "peephole":
@@ -115,6 +115,10 @@ def build_base(op: str, seed: int) -> Base:
             shapes["w_hr"] = ("P", "H") if proj else None
         if fam == "peephole":
             shapes["w_ci"] = shapes["w_cf"] = shapes["w_co"] = peep
+        if fam == "layernorm_lstm":
+            for n in ("ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b"):
+                shapes[n] = ("4H",)
+            shapes["ln_c_w"] = shapes["ln_c_b"] = ("H",)
     else:
         shapes["grad_output"] = ("T", "B", Ps)
         shapes["grad_h_n"] = ("B", Ps)
@@ -130,6 +134,12 @@ def build_base(op: str, seed: int) -> Base:
             shapes["w_hr"] = ("P", "H") if proj else None
         if fam == "peephole":
             shapes["w_ci"] = shapes["w_cf"] = shapes["w_co"] = peep
+        if fam == "layernorm_lstm":
+            for n in ("ln_ih_w", "ln_hh_w"):
+                shapes[n] = ("4H",)
+            shapes["ln_c_w"] = shapes["ln_c_b"] = ("H",)
+            shapes["norm_ih"] = shapes["norm_hh"] = ("T", "B", "4H")
+            shapes["stats"] = ("T", "B", "4")
         shapes["output"] = ("T", "B", Ps)
         shapes["gates"] = ("T", "B", G)
         shapes["cells" if fam != "gru" else "hn"] = ("T", "B", "H")
@@ -140,6 +150,8 @@ def build_base(op: str, seed: int) -> Base:
         n = a.name
         if n == "reverse":
             args[n] = reverse
+        elif n == "eps":
+            args[n] = 1e-5
         elif n == "lengths":
             args[n] = (torch.randint(1, T + 1, (B,), generator=g) if use_lengths else None)
         else:
@@ -190,7 +202,10 @@ def op_mutations(b: Base) -> list[tuple[str, str]]:
             muts.append((f"{n}: [0] (one dim fewer)", "MALFORMED"))
         if n == "lengths":
             muts += [(f"{n}: dtype int32", "MALFORMED"), (f"{n}: dtype float64", "MALFORMED"),
-                     (f"{n}: one length huge (2**40)", "MALFORMED"), (f"{n}: one length -1", "MALFORMED"),
+                     # Values are not checked (that would be a device-to-host sync on CUDA): an element is
+                     # active at step t iff t < lengths[b], so these mean "throughout" and "never".
+                     (f"{n}: one length huge (2**40)", "VALID_NOCOMPARE"),
+                     (f"{n}: one length -1", "VALID_NOCOMPARE"),
                      (f"{n}: all lengths 0", "EDGE"), (f"{n}: None", "VALID_NOCOMPARE")]
         else:
             other = str(_other_float(b.dtype)).replace("torch.", "")

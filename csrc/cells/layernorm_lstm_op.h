@@ -187,13 +187,13 @@ struct LayerNormLstmOps {
     const LayerArgs a = args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, lengths, reverse);
     const Dims d = check_layer<LayerNormLstmCell>(chk, a);
     const auto p = LayerNormLstmCell::backward_params(chk, ih_w, hh_w, c_w, c_b, eps, d.H);
-    const LayerNormLstmCell::SavedIn sv{norm_ih, norm_hh, stats};
+    const LayerNormLstmCell::SavedIn sv{norm_ih.contiguous(), norm_hh.contiguous(), stats.contiguous()};
     // check_saved runs inside layer_backward before anything reads these; contiguous() only copies.
     auto r = layer_backward<LayerNormLstmCell, Dev>(chk, a, p, grad_output, grad_h_n, grad_c_n, output, gates, cells,
                                                     sv);
     const Tensor db = sum_rows(r.dgx);
     const auto acc = acc_type(input.scalar_type());
-    const Tensor st = stats.contiguous();
+    const Tensor& st = sv.stats;
     const Tensor c_hat = (cells.contiguous() - st.narrow(2, 2, 1)) * st.narrow(2, 3, 1);
     const Tensor dy = r.grads.dy;
     return {r.grad_input,
@@ -202,9 +202,9 @@ struct LayerNormLstmOps {
             r.grad_w_ih,
             r.grad_w_hh,
             db,
-            dot_rows(r.dgx, norm_ih),
+            dot_rows(r.dgx, sv.norm_ih),
             db,
-            dot_rows(r.dgx, norm_hh),
+            dot_rows(r.dgx, sv.norm_hh),
             db,
             at::sum(dy * c_hat, {0, 1}).to(input.scalar_type()),
             at::sum(dy, {0, 1}).to(input.scalar_type())};
