@@ -151,6 +151,28 @@ inline Tensor active_mask(const OptTensor& lengths, int64_t T) {
   return (at::arange(T, lengths->options()).unsqueeze(1) < lengths->unsqueeze(0)).unsqueeze(-1);
 }
 
+// With lengths on the CPU in non-increasing order (a PackedSequence's, which the modules pass sorted), the
+// active elements of every step are a prefix of the batch: active[t] = #{b : lengths[b] > t}. The steps then
+// run on those rows only, as ATen's packed RNN does, so a packed sequence costs what its real lengths cost,
+// and no per-step masks are needed. Empty otherwise (unsorted, or on a device: reading them there would be
+// a host synchronisation), and the masked path runs.
+inline std::vector<int64_t> prefix_active_rows(const OptTensor& lengths, int64_t T) {
+  if (!defined(lengths) || !lengths->device().is_cpu() || lengths->scalar_type() != at::kLong) return {};
+  const Tensor len = lengths->contiguous();
+  const int64_t* l = len.data_ptr<int64_t>();
+  const int64_t B = len.numel();
+  for (int64_t b = 1; b < B; ++b) {
+    if (l[b] > l[b - 1]) return {};
+  }
+  std::vector<int64_t> active(T);
+  int64_t n = B;
+  for (int64_t t = 0; t < T; ++t) {
+    while (n > 0 && l[n - 1] <= t) --n;
+    active[t] = n;
+  }
+  return active;
+}
+
 // The state each step started from, [T, B, X]: `states` [T, B, X] (what each step ended with) shifted by one
 // step in the direction of processing, `init` [B, X] where there was no step before. With mask [T, B, 1],
 // an element whose previous step was inactive also starts from init: that happens only in reverse, at the
@@ -308,6 +330,36 @@ Dims check_layer(const Check& chk, const LayerArgs& a) {
   return Dims{T, B, I, H, G, P};
 }
 
+// One forward step on the first `bt` rows (the active ones, see prefix_active_rows); the other rows keep
+// their state, emit zeros, and their cell state is what the saved `c` holds for them.
+template <class Cell, class Dev, class Rec>
+void prefix_forward_step(ForwardStep<Cell>& st, const Rec& w_hh, const Tensor& rec, const Tensor& out_t,
+                         const Tensor& h_state, const Tensor& c_state, const Tensor& c_t, const Tensor& hraw,
+                         const OptTensor& w_hr, int64_t bt, int64_t t, int64_t s) {
+  const int64_t B = out_t.size(0);
+  const bool proj = defined(w_hr);
+  if (bt < B) {
+    const_cast<Tensor&>(out_t).narrow(0, bt, B - bt).zero_();
+    if (Cell::kHasC) const_cast<Tensor&>(c_t).narrow(0, bt, B - bt).copy_(c_state.narrow(0, bt, B - bt));
+  }
+  if (bt == 0) return;
+  auto rows = [&](const Tensor& x) { return (x.defined() && bt < B) ? x.narrow(0, 0, bt) : x; };
+  st.gates = rows(st.gates);
+  st.rec = rows(rec);
+  st.h_prev = rows(h_state);
+  st.c_prev = Cell::kHasC ? rows(c_state) : Tensor();
+  st.c = Cell::kHasC ? rows(c_t) : Tensor();
+  const Tensor out_v = rows(out_t);
+  st.h = proj ? rows(hraw) : out_v;
+  st.t = t;
+  st.s = s;
+  w_hh.forward(Cell::kSeparateRec ? st.rec : st.gates, st.h_prev, /*accumulate=*/!Cell::kSeparateRec);
+  Cell::template forward_step<Dev>(st);
+  if (proj) at::mm_out(const_cast<Tensor&>(out_v), st.h, w_hr->t());
+  rows(h_state).copy_(out_v);
+  if (Cell::kHasC) rows(c_state).copy_(st.c);
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Forward over the whole sequence. Returns output [T, B, P], h_n [B, P], c_n [B, H] (undefined without c),
 // and with training the saved gates [T, B, G] (activated), cells [T, B, H] A and the cell's Saved.
@@ -354,11 +406,19 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   Tensor cells = Cell::kHasC ? at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc)) : Tensor();
   Tensor hraw = proj ? at::empty({B, H}, opts) : Tensor();
   Tensor rec = Cell::kSeparateRec ? at::empty({B, G}, opts) : Tensor();
-  const Tensor mask = defined(a.lengths) ? active_mask(a.lengths, T) : Tensor();  // [T, B, 1]
+  const std::vector<int64_t> active = prefix_active_rows(a.lengths, T);
+  const bool prefix = !active.empty();
+  const Tensor mask = defined(a.lengths) && !prefix ? active_mask(a.lengths, T) : Tensor();  // [T, B, 1]
   const typename Dev::Recurrent w_hh(a.w_hh, B, T);
 
   Tensor h_prev = a.h0.contiguous();
   Tensor c_prev = Cell::kHasC ? a.c0.to(acc).contiguous() : Tensor();
+  // The prefix path keeps the state in buffers of its own: each step updates the rows still active.
+  Tensor h_state, c_state;
+  if (prefix) {
+    h_state = a.h0.clone(at::MemoryFormat::Contiguous);
+    if (Cell::kHasC) c_state = a.c0.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  }
   StepSlices gates_at(gates), cells_at(cells), output_at(output);
   ForwardStep<Cell> st;
   st.rec = rec;
@@ -373,9 +433,15 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
       project(t_lo, n);
     }
     st.gates = gates_at[t - t_lo];
+    Tensor out_t = output_at[t];
+    if (prefix) {
+      prefix_forward_step<Cell, Dev>(st, w_hh, rec, out_t, h_state, c_state,
+                                     Cell::kHasC ? cells_at[training ? t : s % 2] : Tensor(), hraw, a.w_hr,
+                                     active[t], t, s);
+      continue;
+    }
     // 2. The recurrent product, into the step's slice of the projection or into its own buffer.
     w_hh.forward(Cell::kSeparateRec ? rec : st.gates, h_prev, /*accumulate=*/!Cell::kSeparateRec);
-    Tensor out_t = output_at[t];
     st.h_prev = h_prev;
     st.c_prev = c_prev;
     st.c = Cell::kHasC ? cells_at[training ? t : s % 2] : Tensor();
@@ -399,7 +465,11 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   // Outputs of a custom op may not alias each other or the inputs: copy the final state out.
   ForwardResult<Cell> r;
   r.output = output;
-  r.h_n = h_prev.clone();
+  if (prefix) {
+    h_prev = h_state;
+    c_prev = c_state;
+  }
+  r.h_n = prefix ? h_state : h_prev.clone();
   if (Cell::kHasC) r.c_n = c_prev.to(a.input.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   if (training) {
     r.gates = gates;
@@ -451,6 +521,8 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   const Tensor out = output.contiguous();
   const Tensor gout = grad_output.contiguous();
   const Tensor mask = defined(a.lengths) ? active_mask(a.lengths, T) : Tensor();  // [T, B, 1]
+  const std::vector<int64_t> active = prefix_active_rows(a.lengths, T);  // see layer_forward
+  const bool prefix = !active.empty();
 
   BackwardResult<Cell> r;
   r.grads = Cell::Grads::alloc(d, opts);
@@ -502,6 +574,33 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
     st.dc_prev = dc_prev;
     st.dh_prev = Cell::kDirectDh ? dh_next : Tensor();
     st.t = t;
+    if (prefix) {
+      // Only the first bt rows ran this step; the others pass their state's gradients through unchanged
+      // and feed no weight.
+      const int64_t bt = active[t];
+      if (bt < B) {
+        const int64_t n = B - bt;
+        st.dgx.narrow(0, bt, n).zero_();
+        if (Cell::kSeparateRec) st.dgh.narrow(0, bt, n).zero_();
+        if (Cell::kHasC) dc_prev.narrow(0, bt, n).copy_(dc.narrow(0, bt, n));
+        dh_next.narrow(0, bt, n).copy_(dh.narrow(0, bt, n));
+        Cell::mask_step(st, mask[t].logical_not());
+        auto rows = [&](Tensor& x) {
+          if (x.defined()) x = x.narrow(0, 0, bt);
+        };
+        for (Tensor* x : {&st.gates, &st.c, &st.c_prev, &st.h_prev, &st.dh, &st.dc, &st.dgx, &st.dgh, &st.dc_prev,
+                          &st.dh_prev}) {
+          rows(*x);
+        }
+      }
+      if (bt > 0) {
+        Cell::template backward_step<Dev>(st);
+        w_hh.backward(bt < B ? dh_next.narrow(0, 0, bt) : dh_next, st.dgh, /*accumulate=*/Cell::kDirectDh);
+      }
+      dh = dh_next;
+      if (Cell::kHasC) std::swap(dc, dc_prev);
+      continue;
+    }
     Cell::template backward_step<Dev>(st);
     // What reaches h_{t-1} through the recurrence (plus the cell's direct part, already in dh_next).
     w_hh.backward(dh_next, st.dgh, /*accumulate=*/Cell::kDirectDh);

@@ -93,7 +93,8 @@ CONFIGS = {
     "plain": dict(T=5, B=3, I=4, H=8),
     "odd": dict(T=4, B=2, I=3, H=6),
     "ones": dict(T=1, B=1, I=1, H=1),
-    "lengths": dict(T=7, B=4, I=3, H=8, lengths=[7, 3, 1, 5]),
+    "lengths": dict(T=7, B=4, I=3, H=8, lengths=[7, 3, 1, 5]),  # unsorted: the masked path
+    "sorted_lengths": dict(T=6, B=4, I=3, H=8, lengths=[6, 4, 4, 1], reverse=True),  # the prefix path
     "reverse": dict(T=5, B=3, I=4, H=12, reverse=True),
     "everything": dict(T=6, B=3, I=2, H=4, lengths=[6, 2, 4], reverse=True, bias=False),
     "wide": dict(T=3, B=5, I=7, H=40),

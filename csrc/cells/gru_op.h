@@ -23,7 +23,9 @@ struct GruCell : CellBase {
     StepSlices hn_at;
     bool training = false;
     static Saved alloc(const Dims& d, const at::TensorOptions& o, bool training) {
-      Tensor hn = training ? at::empty({d.T, d.B, d.H}, o) : at::empty({d.B, d.H}, o);
+      // Zeros in training: with sorted lengths the steps skip inactive rows (layer.h's prefix path), and a
+      // saved output must not hold uninitialised memory.
+      Tensor hn = training ? at::zeros({d.T, d.B, d.H}, o) : at::empty({d.B, d.H}, o);
       return Saved{hn, StepSlices(training ? hn : Tensor()), training};
     }
   };

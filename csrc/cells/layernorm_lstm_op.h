@@ -24,8 +24,10 @@ struct LayerNormLstmCell : CellBase {
     StepSlices norm_hh_at, stats_at;
     static Saved alloc(const Dims& d, const at::TensorOptions& o, bool training) {
       if (!training) return Saved{Tensor(), Tensor(), Tensor(), StepSlices(Tensor()), StepSlices(Tensor())};
-      Tensor ni = at::empty({d.T, d.B, d.G}, o), nh = at::empty({d.T, d.B, d.G}, o);
-      Tensor st = at::empty({d.T, d.B, 4}, o.dtype(acc_type(o.dtype().toScalarType())));
+      // Zeros, not empty: with sorted lengths the steps skip inactive rows (layer.h's prefix path), and
+      // backward's weight-gradient sums multiply these rows by zero gradients, which garbage could make NaN.
+      Tensor ni = at::empty({d.T, d.B, d.G}, o), nh = at::zeros({d.T, d.B, d.G}, o);
+      Tensor st = at::zeros({d.T, d.B, 4}, o.dtype(acc_type(o.dtype().toScalarType())));
       return Saved{ni, nh, st, StepSlices(nh), StepSlices(st)};
     }
   };

@@ -93,7 +93,8 @@ struct PeepholeCell : CellBase {
       });
       return;
     }
-    const Tensor& dc_mid = p.dc_mid;
+    // The scratch has the batch's rows; a step may run on fewer (layer.h's prefix path).
+    const Tensor dc_mid = B < p.dc_mid.size(0) ? p.dc_mid.narrow(0, 0, B) : p.dc_mid;
     Dev::template run<cells::PeepholeBackwardH>(s.gates, B, H, [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;
