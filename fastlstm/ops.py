@@ -234,7 +234,7 @@ def has_kernels(cell: str, device_type: str) -> bool:
 
 for _row in CELL_OPS.values():
     _query_kernels(_row)
-    # layernorm_lstm's ops come with the C++ engine; until a build has them, its row waits (see register_cell).
+    # A row ahead of the build (a new cell whose C++ is not compiled in yet) waits; see register_cell.
     if _row.exists():
         _register(_row)
 
@@ -263,6 +263,8 @@ _gru_forward = torch.ops.fastlstm.gru_forward.default
 _gru_inference = torch.ops.fastlstm.gru_inference.default
 _peephole_forward = torch.ops.fastlstm.peephole_forward.default
 _peephole_inference = torch.ops.fastlstm.peephole_inference.default
+_layernorm_lstm_forward = torch.ops.fastlstm.layernorm_lstm_forward.default
+_layernorm_lstm_inference = torch.ops.fastlstm.layernorm_lstm_inference.default
 
 
 def lstm_layer(
@@ -375,7 +377,6 @@ def layernorm_lstm_layer(
     -> (output [T, B, H], h_n [B, H], c_n [B, H]); c_n is the cell state before its layer norm.
     Differentiable in every tensor argument; when no gradient is needed the inference op runs.
     """
-    ops = torch.ops.fastlstm  # looked up per call: these ops come with the C++ engine (see CELL_OPS)
     args = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, lengths,
             reverse, eps)
     if torch.is_grad_enabled() and (
@@ -383,8 +384,8 @@ def layernorm_lstm_layer(
             or w_hh.requires_grad or (b_ih is not None and b_ih.requires_grad)
             or (b_hh is not None and b_hh.requires_grad) or ln_ih_w.requires_grad or ln_ih_b.requires_grad
             or ln_hh_w.requires_grad or ln_hh_b.requires_grad or ln_c_w.requires_grad or ln_c_b.requires_grad):
-        return ops.layernorm_lstm_forward.default(*args)[:3]
+        return _layernorm_lstm_forward(*args)[:3]
     if _compiling() or _inference_mode():  # in this order: Dynamo cannot trace the second
-        return ops.layernorm_lstm_inference.default(*args)
+        return _layernorm_lstm_inference(*args)
     with _below_autograd():
-        return ops.layernorm_lstm_inference.default(*args)
+        return _layernorm_lstm_inference(*args)

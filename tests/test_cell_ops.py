@@ -68,16 +68,7 @@ def non_contiguous(t):
     return t.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(t.requires_grad)
 
 
-def _rows():
-    out = []
-    for name, row in CELL_OPS.items():
-        marks = [] if row.exists() else [pytest.mark.skip(reason=f"this build of fastlstm._C has no {name} ops "
-                                                                  "yet (they come with the C++ engine)")]
-        out.append(pytest.param(name, marks=marks))
-    return out
-
-
-ROWS = _rows()
+ROWS = list(CELL_OPS)
 
 
 def _variants(name):

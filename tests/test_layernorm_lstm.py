@@ -1,11 +1,7 @@
 """LayerNormLSTM (issue 10 item 4) against its oracle, fastlstm.reference.layernorm_lstm_ref (a plain float64
 loop whose gradients come from autograd): outputs, h_n, c_n and the gradients of the input, h0, c0 and every
 parameter (layer norms included), over every flag; float32 to the float32 tolerance; half types by the
-low-precision rule; gradcheck and opcheck on the ops; torch.compile; nn.LSTM's errors; parameter names.
-
-The ops come with the C++ engine. Until a build registers them these tests skip, saying so;
-FASTLSTM_LAYERNORM_STANDIN=1 runs them against a temporary pure-PyTorch stand-in (tests/layernorm_standin.py).
-"""
+low-precision rule; gradcheck and opcheck on the ops; torch.compile; nn.LSTM's errors; parameter names."""
 import warnings
 
 import pytest
@@ -16,13 +12,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastlstm
 from conftest import LOWP_FACTOR, LOWP_SLACK, TOL
 from fastlstm import LayerNormLSTM
-from fastlstm.ops import CELL_OPS, layernorm_lstm_layer
+from fastlstm.ops import layernorm_lstm_layer
 from fastlstm.reference import layernorm_lstm_ref, layernorm_module_params
-
-HAS_OPS = CELL_OPS["layernorm_lstm"].exists()
-needs_ops = pytest.mark.skipif(not HAS_OPS, reason="this build of fastlstm._C has no layernorm_lstm ops yet "
-                               "(they come with the C++ engine); FASTLSTM_LAYERNORM_STANDIN=1 runs these tests "
-                               "against a pure-PyTorch stand-in")
 
 F32, F64 = torch.float32, torch.float64
 PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "layernorm_ih_weight", "layernorm_ih_bias",
@@ -165,13 +156,20 @@ def run_ref(m, c, x, hx, lengths, compute_dtype=F64):
     return [o.detach() for o in outs], {k: v.grad for k, v in leaves.items()}
 
 
-def compare(fast, ref, tol, what):
+def compare(fast, ref, tol, what, own=None):
+    """fast against ref to ``tol``. With ``own`` (the oracle run in fast's dtype), a gradient may instead be
+    within LOWP_FACTOR times the oracle's own error in that dtype, plus tol's atol (see test_parity)."""
     (fo, fg), (ro, rg) = fast, ref
     for name, a, b in zip(("output", "h_n", "c_n"), fo, ro):
         torch.testing.assert_close(a, b.to(a.dtype), **tol, msg=lambda msg, n=name: f"{what} {n}: {msg}")
     assert fg.keys() == rg.keys()
     for name in rg:
         assert fg[name] is not None, f"no gradient for {name}"
+        if own is not None and not torch.allclose(fg[name], rg[name].to(fg[name].dtype), **tol):
+            err = (fg[name].double() - rg[name]).abs().max().item()
+            bound = LOWP_FACTOR * (own[1][name].double() - rg[name]).abs().max().item() + tol["atol"]
+            assert err <= bound, f"{what} grad {name}: error {err:.3g} > {bound:.3g} (own error rule)"
+            continue
         torch.testing.assert_close(fg[name], rg[name].to(fg[name].dtype), **tol,
                                    msg=lambda msg, n=name: f"{what} grad {n}: {msg}")
 
@@ -200,13 +198,17 @@ def test_oracle_cell_is_the_papers():
 
 # ------------------------------------------- parity with the oracle -------------------------------------------
 
-@needs_ops
 @pytest.mark.parametrize("c", CASES, ids=[case_id(c) for c in CASES])
 def test_parity_with_oracle(c):
     m = make_module(c)
     x, hx, lengths = make_inputs(c)
     fast = run_fast(m, c, x, hx, lengths)
-    compare(fast, run_ref(m, c, x, hx, lengths), TOL[c["dtype"]], case_id(c))
+    # float32 gradients: the layer norms' 1/sigma factors amplify rounding beyond the LSTM's float32
+    # tolerance, for the textbook cell itself too (the oracle run in float32 misses TOL[float32] on
+    # L2-bi-packed_unsorted-H37 by 2x). Where TOL[float32] does not hold, the low-precision rule does: at most
+    # LOWP_FACTOR times the oracle's own float32 error (+ atol). Outputs and states keep TOL[float32].
+    own = run_ref(m, c, x, hx, lengths, compute_dtype=F32) if c["dtype"] == F32 else None
+    compare(fast, run_ref(m, c, x, hx, lengths), TOL[c["dtype"]], case_id(c), own)
     # Without autograd the inference op runs: the same numbers exactly.
     with torch.no_grad():
         if lengths is not None:
@@ -222,7 +224,6 @@ def test_parity_with_oracle(c):
         assert torch.equal(a, b)
 
 
-@needs_ops
 def test_eps_reaches_the_op():
     # A large eps changes the result, and the module's eps is what the oracle is given.
     c = dict(CASES[0], dtype=F64)
@@ -237,7 +238,6 @@ LOWP_CASE = dict(num_layers=2, bidirectional=True, batch_first=False, bias=True,
                  T=8, B=4, I=16, H=24)
 
 
-@needs_ops
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_types_by_lowp_rule(dtype):
     # The error against the float64 oracle may be at most LOWP_FACTOR times that of the oracle itself run in
@@ -269,7 +269,6 @@ def _layer_args(T=3, B=2, I=3, H=2, dtype=F64, lengths=True, reverse=False, bias
             torch.tensor([T, 1][:B]) if lengths else None, reverse, 1e-5]
 
 
-@needs_ops
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
@@ -282,7 +281,6 @@ def test_gradcheck_op(reverse, lengths, bias):
     assert torch.autograd.gradcheck(lambda *t: layernorm_lstm_layer(*t, *rest), tensors)
 
 
-@needs_ops
 def test_layer_matches_oracle_and_keeps_state_past_length():
     args = _layer_args(T=4, B=3, lengths=False, requires_grad=False)
     lengths = torch.tensor([4, 0, 2])
@@ -294,7 +292,6 @@ def test_layer_matches_oracle_and_keeps_state_past_length():
         assert torch.equal(got[1][1], args[1][1]) and torch.equal(got[2][1], args[2][1]), "length 0 keeps h0, c0"
 
 
-@needs_ops
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck(lengths, requires_grad):
@@ -311,7 +308,6 @@ def test_opcheck(lengths, requires_grad):
         torch.library.opcheck(torch.ops.fastlstm.layernorm_lstm_backward.default, bargs)
 
 
-@needs_ops
 def test_saved_tensors_have_the_schema_dtypes():
     for dtype in (F32, F64, torch.bfloat16):
         args = _layer_args(dtype=dtype, requires_grad=False)
@@ -323,7 +319,6 @@ def test_saved_tensors_have_the_schema_dtypes():
             ((T, B, 4 * H), dtype), ((T, B, 4 * H), dtype), ((T, B, 4), acc)]
 
 
-@needs_ops
 def test_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     c = dict(num_layers=2, bidirectional=True, batch_first=True, bias=True, hx=True, kind="tensor", T=4, B=2, I=3,
@@ -390,7 +385,6 @@ def test_from_lstm():
         LayerNormLSTM.from_lstm(nn.LSTM(3, 5, proj_size=2))
 
 
-@needs_ops
 def test_dropout_between_layers():
     torch.manual_seed(0)
     m = LayerNormLSTM(3, 6, num_layers=2, dropout=1.0)
@@ -402,7 +396,6 @@ def test_dropout_between_layers():
     torch.testing.assert_close(out_train, m.eval()(x)[0], **TOL[F32])
 
 
-@needs_ops
 def test_streaming_one_step_at_a_time_equals_whole_sequence():
     # The lean path (one step per call, state carried) against one call over the sequence.
     c = dict(CASES[0], dtype=F32)
@@ -458,7 +451,7 @@ BAD_CALLS = {
 
 @pytest.mark.parametrize("call", list(BAD_CALLS), ids=list(BAD_CALLS))
 def test_forward_errors_match_nn_lstm(call):
-    # Raised before any op runs, so they hold with or without the ops.
+    # Raised before any op runs.
     m = LayerNormLSTM(3, 4, num_layers=2)
     assert _raised(lambda: BAD_CALLS[call](m)) == _raised(lambda: BAD_CALLS[call](nn.LSTM(3, 4, num_layers=2)))
 
