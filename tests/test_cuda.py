@@ -5,13 +5,15 @@ per-element code on the CPU instead.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastlstm
-from conftest import HAS_CUDA, LOWP_FACTOR, LOWP_SLACK, NO_CUDA_REASON, TOL
+from conftest import HAS_CUDA, LOWP_FACTOR, LOWP_SLACK, NO_CUDA_REASON, TOL, record_error
 from fastlstm import FastLSTM
 from fastlstm.reference import lstm_ref, module_params
 
@@ -276,3 +278,250 @@ def test_backward_in_eval_mode():
     m.eval()
     res = run(m, x, hx, grads)
     assert all(torch.isfinite(v).all() for v in res.values())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Vector widths (issue 16 item 3). The pointwise launcher (plan_pointwise, csrc/cuda) takes the widest vector
+# of 16 bytes of storage type that divides H and suits the pointers' alignment, then halves it while fewer
+# than kMinBlocks blocks of kThreads threads would run; so every small shape above runs width 1. These
+# shapes reach each width a storage type has (float64: 2; float32: 2, 4; half types: 2, 4, 8), in every cell,
+# for the training forward, its backward and the inference forward. B*H sits mid-way between the thresholds
+# (1.5x the one below), so a launcher whose minimum block count moves between 97 and 192 still reaches them;
+# test_cuda_plan.py checks that arithmetic against the constants in csrc.
+
+WIDE_T, WIDE_I = 2, 32
+WIDE_SHAPES = {2: dict(B=96, H=512), 4: dict(B=96, H=1024), 8: dict(B=192, H=1024)}
+WIDE_CASES = [(torch.float64, 2), (torch.float32, 2), (torch.float32, 4)] + [
+    (dt, w) for dt in (torch.bfloat16, torch.float16) for w in (2, 4, 8)]
+
+
+def _find_oracle(*names):
+    """The first of `names` found in fastlstm.reference or in a module of fastlstm.cells (where a cell's
+    oracle may live beside it), else None."""
+    import importlib
+    import pkgutil
+
+    import fastlstm.reference as ref_mod
+    mods = [ref_mod]
+    try:
+        cells = importlib.import_module("fastlstm.cells")
+        mods += [importlib.import_module(f"fastlstm.cells.{m.name}") for m in pkgutil.iter_modules(cells.__path__)]
+    except ImportError:
+        pass
+    found = [getattr(m, n) for n in names for m in mods if callable(getattr(m, n, None))]
+    return found[0] if found else None
+
+
+def _layernorm_oracle():
+    ref = _find_oracle("layernorm_lstm_ref")
+    params = _find_oracle("layernorm_lstm_module_params", "layernorm_module_params")
+    if ref is None or params is None:
+        return None
+    return lambda m, x, hx: ref(x, hx, params(m), m.num_layers, m.bidirectional)
+
+
+def _wide_cells():
+    """name -> (make(I, H, dtype) -> module on the CPU, oracle(module, x, state) -> (output, state) or None)."""
+    from fastlstm import FastGRU, PeepholeLSTM
+    from fastlstm.reference import gru_module_params, gru_ref, peephole_lstm_ref, peephole_module_params
+
+    cells = {
+        "lstm": (lambda I, H, dt: FastLSTM(I, H, dtype=dt),
+                 lambda m, x, hx: lstm_ref(x, hx, module_params(m), m.num_layers, m.bidirectional)),
+        "gru": (lambda I, H, dt: FastGRU(I, H, dtype=dt),
+                lambda m, x, h: gru_ref(x, h, gru_module_params(m), m.num_layers, m.bidirectional)),
+    }
+    for mode in ("diagonal", "full"):
+        cells[f"peephole_{mode}"] = (
+            lambda I, H, dt, mode=mode: PeepholeLSTM(I, H, peephole=mode, dtype=dt),
+            lambda m, x, hx: peephole_lstm_ref(x, hx, peephole_module_params(m), m.num_layers, m.bidirectional))
+    if hasattr(fastlstm, "LayerNormLSTM"):
+        cells["layernorm_lstm"] = (lambda I, H, dt: fastlstm.LayerNormLSTM(I, H, dtype=dt), _layernorm_oracle())
+    return cells
+
+
+WIDE_CELLS = _wide_cells()
+
+
+def _wide_id(dtype, width):
+    return f"{str(dtype).replace('torch.', '')}-vec{width}-B{WIDE_SHAPES[width]['B']}H{WIDE_SHAPES[width]['H']}"
+
+
+def _wide_problem(cell: str, dtype, width: int, seed: int = 0):
+    """The CPU module (parameters drawn in float64, rounded to dtype), x, the initial state and the upstream
+    gradients of (output, *final state), all on the CPU in dtype."""
+    make, _ = WIDE_CELLS[cell]
+    B, H = WIDE_SHAPES[width]["B"], WIDE_SHAPES[width]["H"]
+    torch.manual_seed(seed)
+    m = make(WIDE_I, H, torch.float64).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    n_states = 1 if cell == "gru" else 2
+    state = tuple(r(1, B, H, scale=0.5) for _ in range(n_states))
+    ups = (r(WIDE_T, B, H),) + tuple(r(1, B, H) for _ in range(n_states))
+    return m, r(WIDE_T, B, WIDE_I), state, ups
+
+
+def _wide_run(m, x, state, ups, forward=None) -> dict:
+    """Forward + backward (outputs, and the gradients of x, the initial state and every parameter by name),
+    plus the no-grad forward (the inference op) when forward is None."""
+    x = x.detach().clone().requires_grad_()
+    state = tuple(s.detach().clone().requires_grad_() for s in state)
+    params = dict(m.named_parameters())
+    st = state if len(state) == 2 else state[0]
+    out, fin = (forward or m)(x, st)
+    fin = fin if isinstance(fin, tuple) else (fin,)
+    outs = (out, *fin)
+    gs = torch.autograd.grad(outs, [x, *state, *params.values()], ups)
+    res = {"output": out.detach(), **{f"state_n{k}": f.detach() for k, f in enumerate(fin)},
+           "grad_input": gs[0], **{f"grad_state0{k}": g for k, g in enumerate(gs[1:1 + len(state)])}}
+    res.update({"grad_" + n: g for n, g in zip(params, gs[1 + len(state):])})
+    if forward is None:
+        with torch.no_grad():
+            iout, ifin = m(x.detach(), tuple(s.detach() for s in state) if len(state) == 2 else state[0].detach())
+        ifin = ifin if isinstance(ifin, tuple) else (ifin,)
+        res["inference_output"] = iout
+        res.update({f"inference_state_n{k}": f for k, f in enumerate(ifin)})
+    return res
+
+
+_wide_cache: dict = {}
+
+
+def _wide_results(cell: str, dtype, width: int) -> dict:
+    """{'cuda', 'cpu'}: _wide_run of the same module and data on each device, moved to the CPU. Kept for the
+    last case only, for the oracle test of the same case that follows."""
+    key = (cell, dtype, width)
+    if key not in _wide_cache:
+        _wide_cache.clear()
+        m, x, state, ups = _wide_problem(cell, dtype, width)
+        cpu = _wide_run(m, x, state, ups)
+        mc = copy.deepcopy(m).to(DEV)
+        cuda = {k: v.cpu() for k, v in _wide_run(mc, x.to(DEV), tuple(s.to(DEV) for s in state),
+                                                   tuple(u.to(DEV) for u in ups)).items()}
+        _wide_cache[key] = {"cpu": cpu, "cuda": cuda}
+    return _wide_cache[key]
+
+
+def _assert_half_close(a, b, dtype, what):
+    # Elementwise: 8 units of the dtype's epsilon of the element plus of the tensor's mean magnitude. Two
+    # correct implementations differ by a rounding or two (a gate stored in the half type one ulp apart); a
+    # wrong index, lane or tail is off by the values' own size, far outside.
+    eps = torch.finfo(dtype).eps
+    a, b = a.double(), b.double()
+    bound = 8 * eps * (b.abs() + b.abs().mean())
+    bad = (a - b).abs() > bound
+    assert not bad.any() and torch.isfinite(a).all(), (
+        f"{what}: {int(bad.sum())} of {b.numel()} elements differ, worst |diff| "
+        f"{(a - b).abs().max().item():.3g} (bound there {bound.flatten()[(a - b).abs().argmax()].item():.3g})")
+
+
+@pytest.mark.parametrize("dtype,width", WIDE_CASES, ids=[_wide_id(*c) for c in WIDE_CASES])
+@pytest.mark.parametrize("cell", list(WIDE_CELLS))
+def test_vector_width_matches_cpu(cell, dtype, width):
+    res = _wide_results(cell, dtype, width)
+    cpu, cuda = res["cpu"], res["cuda"]
+    assert cuda.keys() == cpu.keys()
+    for k in cpu:
+        assert cuda[k].dtype == dtype, k
+        if dtype in TOL:
+            torch.testing.assert_close(cuda[k], cpu[k], **TOL[dtype], msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            _assert_half_close(cuda[k], cpu[k], dtype, k)
+
+
+@pytest.mark.parametrize("dtype,width", WIDE_CASES, ids=[_wide_id(*c) for c in WIDE_CASES])
+@pytest.mark.parametrize("cell", list(WIDE_CELLS))
+def test_vector_width_matches_oracle(cell, dtype, width):
+    # Half types by the low-precision rule, with the CPU op (same storage rounding points) as the yardstick.
+    oracle = WIDE_CELLS[cell][1]
+    if oracle is None:
+        pytest.skip(f"no float64 oracle for {cell} found (fastlstm.reference or fastlstm.cells); "
+                    "test_vector_width_matches_cpu still compares it with the CPU op")
+    res = _wide_results(cell, dtype, width)
+    m, x, state, ups = _wide_problem(cell, dtype, width)
+    m64 = copy.deepcopy(m).double().to(DEV)
+    exact = _wide_run(m64, x.double().to(DEV), tuple(s.double().to(DEV) for s in state),
+                      tuple(u.double().to(DEV) for u in ups), forward=lambda x, st: oracle(m64, x, st))
+    exact = {k: v.cpu() for k, v in exact.items()}
+    # The inference forward must compute the training forward's function: same oracle.
+    exact.update({"inference_" + k: v for k, v in exact.items() if k == "output" or k.startswith("state_n")})
+    cpu, cuda = res["cpu"], res["cuda"]
+    assert exact.keys() == cuda.keys()
+    for k, e in exact.items():
+        if dtype in TOL:
+            torch.testing.assert_close(cuda[k], e.to(dtype), **TOL[dtype], msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            err = (cuda[k].double() - e).abs().max().item()
+            base = (cpu[k].double() - e).abs().max().item()
+            assert err <= LOWP_FACTOR * base + LOWP_SLACK[dtype], f"{k}: CUDA {err:.3g}, CPU op {base:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float32 and TF32 (issue 16 item 5). nn.LSTM on CUDA computes float32 in TF32 when cuDNN's RNN flag allows
+# it (torch.backends.cudnn.allow_tf32, on by default, or torch.backends.cudnn.rnn.fp32_precision = "tf32"),
+# whatever torch.backends.cuda.matmul's flag says. FastLSTM follows the same flag, and only that one, so
+# swapping one module for the other keeps the precision/speed trade-off a user chose. Each case sets the
+# matmul flag to the opposite of cuDNN's, so following the wrong flag fails.
+
+TF32_KEYS = ("output", "grad_input", "grad_weight_ih_l0", "grad_weight_hh_l0")  # one GEMM each, and more
+STRICT_MAX = 1e-5  # relative error of true float32 at this size is ~1e-7..1e-6; TF32 (10-bit mantissa) ~1e-4
+TF32_RANGE = (2e-5, 5e-3)
+
+
+def _set_rnn_tf32(api: str, on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = not on
+    if api == "allow_tf32":
+        torch.backends.cudnn.allow_tf32 = on
+    else:
+        torch.backends.cudnn.rnn.fp32_precision = "tf32" if on else "ieee"
+
+
+def _rel_errors(res: dict, exact: dict) -> dict:
+    return {k: ((res[k].double() - exact[k]).norm() / exact[k].norm()).item() for k in TF32_KEYS}
+
+
+@pytest.mark.parametrize("api", ["allow_tf32", "rnn.fp32_precision"])
+def test_float32_follows_cudnn_tf32_flag(api):
+    if api == "rnn.fp32_precision" and not hasattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision"):
+        pytest.skip("this torch has no torch.backends.cudnn.rnn.fp32_precision")
+    T_, B_, N = 16, 64, 512
+    torch.manual_seed(0)
+    ref = nn.LSTM(N, N, device=DEV, dtype=torch.float32)
+    fast = FastLSTM.from_lstm(ref)
+    m64 = nn.LSTM(N, N, device=DEV, dtype=torch.float64)
+    m64.load_state_dict(ref.state_dict())
+    g = torch.Generator(device=DEV).manual_seed(3)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, generator=g, device=DEV) * scale
+
+    x, hx = r(T_, B_, N), (r(1, B_, N, scale=0.5), r(1, B_, N, scale=0.5))
+    grads = (r(T_, B_, N), r(1, B_, N), r(1, B_, N))
+    exact = run(m64, x.double(), tuple(h.double() for h in hx), tuple(u.double() for u in grads),
+                forward=lambda x, hx: lstm_ref(x, hx, module_params(m64), 1, False))
+
+    old_rnn = getattr(torch.backends.cudnn.rnn, "fp32_precision", None) if api != "allow_tf32" else None
+    errs = {}
+    try:
+        for on in (False, True):
+            _set_rnn_tf32(api, on)
+            errs[on, "fast"] = _rel_errors(run(fast, x, hx, grads), exact)
+            errs[on, "cudnn"] = _rel_errors(run(ref, x, hx, grads), exact)
+    finally:
+        if old_rnn is not None:
+            torch.backends.cudnn.rnn.fp32_precision = old_rnn
+    for k in TF32_KEYS:
+        off, on, cudnn_off, cudnn_on = errs[False, "fast"][k], errs[True, "fast"][k], errs[False, "cudnn"][k], \
+            errs[True, "cudnn"][k]
+        for label, v in (("fastlstm strict", off), ("fastlstm tf32", on), ("cuDNN strict", cudnn_off),
+                         ("cuDNN tf32", cudnn_on)):
+            record_error(f"float32 rel. error, {label}", v, f"{k}, {api}")
+        assert off <= STRICT_MAX, f"{k}: TF32 not allowed by cuDNN's flag, yet error {off:.2e} (matmul flag on)"
+        assert on >= 10 * off and TF32_RANGE[0] <= on <= TF32_RANGE[1], (
+            f"{k}: cuDNN's flag allows TF32, error {on:.2e} vs {off:.2e} strict: TF32 not used (or broken)")
+        if cudnn_on >= 10 * cudnn_off:  # cuDNN itself took TF32 here: fastlstm's error is of its size
+            assert on <= 4 * cudnn_on, f"{k}: fastlstm TF32 error {on:.2e}, cuDNN's {cudnn_on:.2e}"
