@@ -54,7 +54,8 @@ def _needs_cuda(item) -> bool:
     params = getattr(getattr(item, "callspec", None), "params", {})
     if any(isinstance(v, str) and v.startswith("cuda") for v in params.values()):
         return True
-    return item.module.__name__ == "test_cuda" or "cuda" in item.originalname.lower()
+    module = getattr(getattr(item, "module", None), "__name__", "")
+    return module.rsplit(".", 1)[-1] == "test_cuda" or "cuda" in getattr(item, "originalname", item.name).lower()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,7 @@
 """fastlstm's CUDA kernels on a GPU: parity with nn.LSTM (cuDNN) and with the CPU op, low-precision error,
-gradcheck, CUDA-graph capture, streams and devices. Every test here needs a CUDA device and a build with the
-CUDA kernels (conftest.HAS_CUDA); elsewhere they skip, and tests/test_cuda_harness.py runs the kernels'
+gradcheck, CUDA-graph capture, streams and devices; every cell at shapes that reach each vector width of the
+pointwise kernels; float32 following cuDNN's TF32 flag. Every test here needs a CUDA device and a build with
+the CUDA kernels (conftest.HAS_CUDA); elsewhere they skip, and tests/test_cuda_harness.py runs the kernels'
 per-element code on the CPU instead.
 """
 from __future__ import annotations
