@@ -473,7 +473,7 @@ def test_vector_width_matches_oracle(cell, dtype, width):
 # swapping one module for the other keeps the precision/speed trade-off a user chose. Each case sets the
 # matmul flag to the opposite of cuDNN's, so following the wrong flag fails.
 
-TF32_KEYS = ("output", "grad_input", "grad_weight_ih_l0", "grad_weight_hh_l0")  # one GEMM each, and more
+TF32_KEYS = ("output", "grad_input", "grad_weight_ih_l0", "grad_weight_hh_l0")  # a GEMM feeds each
 STRICT_MAX = 1e-5  # relative error of true float32 at this size is ~1e-7..1e-6; TF32 (10-bit mantissa) ~1e-4
 TF32_RANGE = (2e-5, 5e-3)
 
@@ -490,44 +490,60 @@ def _rel_errors(res: dict, exact: dict) -> dict:
     return {k: ((res[k].double() - exact[k]).norm() / exact[k].norm()).item() for k in TF32_KEYS}
 
 
+def _tf32_modules(cell: str, N: int):
+    """(fastlstm module, its cuDNN counterpart or None, float64 copy, oracle(m64, x, state)), same weights."""
+    torch.manual_seed(0)
+    if cell == "lstm":
+        ref = nn.LSTM(N, N, device=DEV)
+        fast = FastLSTM.from_lstm(ref)
+    elif cell == "gru":
+        ref = nn.GRU(N, N, device=DEV)
+        fast = fastlstm.FastGRU.from_gru(ref)
+    else:  # no cuDNN counterpart: the flag still governs, so every cell keeps one precision rule
+        ref, fast = None, fastlstm.PeepholeLSTM(N, N, peephole="diagonal", device=DEV)
+    return fast, ref, copy.deepcopy(fast).double(), WIDE_CELLS[cell][1]
+
+
 @pytest.mark.parametrize("api", ["allow_tf32", "rnn.fp32_precision"])
-def test_float32_follows_cudnn_tf32_flag(api):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_diagonal"])
+def test_float32_follows_cudnn_tf32_flag(cell, api):
     if api == "rnn.fp32_precision" and not hasattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision"):
         pytest.skip("this torch has no torch.backends.cudnn.rnn.fp32_precision")
     T_, B_, N = 16, 64, 512
-    torch.manual_seed(0)
-    ref = nn.LSTM(N, N, device=DEV, dtype=torch.float32)
-    fast = FastLSTM.from_lstm(ref)
-    m64 = nn.LSTM(N, N, device=DEV, dtype=torch.float64)
-    m64.load_state_dict(ref.state_dict())
+    fast, ref, m64, oracle = _tf32_modules(cell, N)
     g = torch.Generator(device=DEV).manual_seed(3)
 
     def r(*s, scale=1.0):
         return torch.randn(*s, generator=g, device=DEV) * scale
 
-    x, hx = r(T_, B_, N), (r(1, B_, N, scale=0.5), r(1, B_, N, scale=0.5))
-    grads = (r(T_, B_, N), r(1, B_, N), r(1, B_, N))
-    exact = run(m64, x.double(), tuple(h.double() for h in hx), tuple(u.double() for u in grads),
-                forward=lambda x, hx: lstm_ref(x, hx, module_params(m64), 1, False))
+    n_states = 1 if cell == "gru" else 2
+    x, state = r(T_, B_, N), tuple(r(1, B_, N, scale=0.5) for _ in range(n_states))
+    ups = (r(T_, B_, N),) + tuple(r(1, B_, N) for _ in range(n_states))
+    exact = _wide_run(m64, x.double(), tuple(s.double() for s in state), tuple(u.double() for u in ups),
+                      forward=lambda x, st: oracle(m64, x, st))
 
-    old_rnn = getattr(torch.backends.cudnn.rnn, "fp32_precision", None) if api != "allow_tf32" else None
+    old_rnn = torch.backends.cudnn.rnn.fp32_precision if api != "allow_tf32" else None
     errs = {}
     try:
         for on in (False, True):
             _set_rnn_tf32(api, on)
-            errs[on, "fast"] = _rel_errors(run(fast, x, hx, grads), exact)
-            errs[on, "cudnn"] = _rel_errors(run(ref, x, hx, grads), exact)
+            errs[on, "fast"] = _rel_errors(_wide_run(fast, x, state, ups), exact)
+            if ref is not None:
+                errs[on, "cudnn"] = _rel_errors(_wide_run(ref, x, state, ups, forward=ref), exact)
     finally:
         if old_rnn is not None:
             torch.backends.cudnn.rnn.fp32_precision = old_rnn
     for k in TF32_KEYS:
-        off, on, cudnn_off, cudnn_on = errs[False, "fast"][k], errs[True, "fast"][k], errs[False, "cudnn"][k], \
-            errs[True, "cudnn"][k]
-        for label, v in (("fastlstm strict", off), ("fastlstm tf32", on), ("cuDNN strict", cudnn_off),
-                         ("cuDNN tf32", cudnn_on)):
-            record_error(f"float32 rel. error, {label}", v, f"{k}, {api}")
+        off, on = errs[False, "fast"][k], errs[True, "fast"][k]
+        record_error(f"float32 rel. error, {cell} strict", off, f"{k}, {api}")
+        record_error(f"float32 rel. error, {cell} tf32", on, f"{k}, {api}")
         assert off <= STRICT_MAX, f"{k}: TF32 not allowed by cuDNN's flag, yet error {off:.2e} (matmul flag on)"
         assert on >= 10 * off and TF32_RANGE[0] <= on <= TF32_RANGE[1], (
             f"{k}: cuDNN's flag allows TF32, error {on:.2e} vs {off:.2e} strict: TF32 not used (or broken)")
+        if ref is None:
+            continue
+        cudnn_off, cudnn_on = errs[False, "cudnn"][k], errs[True, "cudnn"][k]
+        record_error(f"float32 rel. error, cuDNN {cell} strict", cudnn_off, f"{k}, {api}")
+        record_error(f"float32 rel. error, cuDNN {cell} tf32", cudnn_on, f"{k}, {api}")
         if cudnn_on >= 10 * cudnn_off:  # cuDNN itself took TF32 here: fastlstm's error is of its size
             assert on <= 4 * cudnn_on, f"{k}: fastlstm TF32 error {on:.2e}, cuDNN's {cudnn_on:.2e}"
