@@ -282,12 +282,12 @@ def test_backward_in_eval_mode():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Vector widths (issue 16 item 3). The pointwise launcher (plan_pointwise, csrc/cuda) takes the widest vector
-# of 16 bytes of storage type that divides H and suits the pointers' alignment, then halves it while fewer
-# than kMinBlocks blocks of kThreads threads would run; so every small shape above runs width 1. These
-# shapes reach each width a storage type has (float64: 2; float32: 2, 4; half types: 2, 4, 8), in every cell,
-# for the training forward, its backward and the inference forward. B*H sits mid-way between the thresholds
-# (1.5x the one below), so a launcher whose minimum block count moves between 97 and 192 still reaches them;
+# Vector widths (issue 16 item 3). The launcher (plan_rows, csrc/cuda/row_kernel.cuh) takes the widest vector
+# of 16 bytes of storage type that divides H and suits the pointers' alignment, then, for map passes, halves
+# it while fewer than kMinBlocks blocks (row slices of kMapThreads threads) would run; so every small shape
+# above runs width 1. These shapes reach each width a storage type has (float64: 2; float32: 2, 4; half types:
+# 2, 4, 8), in every cell, for the training forward, its backward and the inference forward: each gives 192
+# blocks at its width and 96 at the next, so a minimum block count anywhere from 97 to 192 still picks it;
 # test_cuda_plan.py checks that arithmetic against the constants in csrc.
 
 WIDE_T, WIDE_I = 2, 32
