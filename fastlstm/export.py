@@ -35,13 +35,14 @@ class OnnxExportError(RuntimeError):
 
 
 def is_onnx_exporting() -> bool:
-    """torch.onnx.is_in_onnx_export(), cheaply: the modules ask on every forward, and the public function
-    costs ~1 us (two imports per call) against a ~13 us one-step streaming call. Until something imports
-    torch.onnx no export can be running, so that case is a dict lookup. Importing Dynamo is avoided
-    (importing fastlstm must not). Under Dynamo (torch.compile, or the dynamo exporter's fallback to strict
-    torch.export), whose tracer refuses torch.onnx's functions: never under torch.compile (where Dynamo folds
-    torch.onnx.is_in_onnx_export itself to False), and the dynamo exporter's module-level flag under export,
-    so that its strict fallback fails with this module's message too, not with an unknown fastlstm op.
+    """Whether torch.onnx.export (either exporter) is running: torch.onnx.is_in_onnx_export(), but
+    cheaper and safe under Dynamo. Every forward asks, and the public function costs ~1 us (two imports
+    per call) against a ~13 us one-step streaming call; here, until torch.onnx is imported at all, it is a
+    dict lookup. Under Dynamo, whose tracer refuses to enter torch.onnx's functions, the dynamo exporter's
+    module flag is read only while torch.export runs (the exporter's fallback to strict export), so that a
+    module with no ONNX form fails with its own message there too; under torch.compile the answer is
+    False, as Dynamo answers for torch.onnx.is_in_onnx_export itself. Imports neither torch.onnx nor
+    Dynamo (importing fastlstm must not).
     """
     mods = sys.modules
     dy = mods.get("torch.onnx._internal.exporter._flags")
@@ -192,18 +193,18 @@ def forward(module, input, hx=None):
         raise ValueError(f"{module.__class__.__name__}: Expected input to be 2D or 3D, got {input.dim()}D "
                          "instead")
     batched = input.dim() == 3
-    x = input if batched else input.unsqueeze(0 if module.batch_first else 1)
-    if module.batch_first:
-        x = x.transpose(0, 1)
+    xb = input if batched else input.unsqueeze(0 if module.batch_first else 1)  # batched, module's layout
+    x = xb.transpose(0, 1) if module.batch_first else xb
     D = 2 if module.bidirectional else 1
     L, H = module.num_layers, module.hidden_size
-    n_states = 1 if kind == "gru" else 2
     if hx is None:
-        states = [x.new_zeros(L * D, x.shape[1], H) for _ in range(n_states)]
+        states = [x.new_zeros(L * D, x.shape[1], H) for _ in range(1 if kind == "gru" else 2)]
     else:
         states = [hx] if kind == "gru" else list(hx)
         if not batched:
             states = [s.unsqueeze(1) for s in states]
+        # nn.LSTM's / nn.GRU's shape checks and messages: the exported graph would not check them.
+        module.check_forward_args(xb, states[0] if kind == "gru" else tuple(states), None)
     params = module._layer_params()
     finals: list[list[Tensor]] = [[] for _ in states]
     for layer in range(L):

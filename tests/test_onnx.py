@@ -224,3 +224,17 @@ def test_compile_fullgraph_still_works_once_torch_onnx_is_imported():
     out, _ = torch.compile(m, fullgraph=True)(x)
     with torch.no_grad():
         torch.testing.assert_close(out, m(x)[0])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "peephole"])
+def test_export_path_checks_hx_like_torch(kind):
+    # The exported graph checks nothing, so the export path runs nn.LSTM's / nn.GRU's own checks first.
+    m = _module(kind, num_layers=2)
+    x = _x(m, 3, 2)
+    bad = _hx(m, 5)  # batch 5 for an input of batch 2
+    ref = (nn.GRU if kind == "gru" else nn.LSTM)(4, 6, num_layers=2)
+    with pytest.raises(RuntimeError) as expected:
+        ref(x, bad)
+    with pytest.raises(RuntimeError) as got:
+        fexport.forward(m, x, bad)
+    assert str(got.value) == str(expected.value)
