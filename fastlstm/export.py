@@ -12,8 +12,9 @@ borrows, and of FastGRU.forward) and computes through what exports as ONNX's own
   longer sequence fails in onnxruntime); the node written here keeps sequence length and batch dynamic.
 * PeepholeLSTM, diagonal: ONNX's ``LSTM`` with its peephole input ``P`` (the same equations; the output
   gate sees the new cell state in both), with either exporter.
-* Full [H, H] peepholes, and any other module with no standard operator (LayerNormLSTM): OnnxExportError
-  naming the module and the reason, instead of a graph of fastlstm ops no runtime can load.
+* Full [H, H] peepholes, FastLSTM with proj_size, and any other module with no standard operator
+  (LayerNormLSTM): OnnxExportError naming the module and the reason, instead of a graph of fastlstm ops
+  no runtime can load (or, for proj_size, the broken model nn.LSTM gives with dynamo=True).
 
 Layouts: ONNX orders the LSTM gates i, o, f, c (nn.LSTM: i, f, g, o), the GRU gates z, r, h (nn.GRU: r, z,
 n), puts both biases in one B = [Wb, Rb], and the peepholes in P = [p_i, p_o, p_f]. nn.GRU's candidate is
@@ -182,10 +183,13 @@ def forward(module, input, hx=None):
     """The module's forward while torch.onnx.export runs (see the module docstring): nn.LSTM's / nn.GRU's
     inputs and outputs (batch_first, unbatched 2-D input, hx given or not)."""
     kind = _kind(module)
-    if kind in ("lstm", "gru") and (torch.jit.is_tracing() or isinstance(input, PackedSequence)
-                                    or getattr(module, "proj_size", 0) > 0):
-        # What nn.LSTM / nn.GRU export to, as they would: the TorchScript exporter, and the cases the node
-        # below does not cover (ONNX's LSTM has no projection; packed input), whatever torch does there.
+    if kind == "lstm" and module.proj_size > 0:
+        # nn.LSTM fares no better: the TorchScript exporter refuses it, and dynamo=True (torch 2.13) writes
+        # an LSTM node with the projected size as its cell size, which onnxruntime rejects.
+        raise unsupported(module, "ONNX's LSTM operator has no projection (proj_size > 0)")
+    if kind in ("lstm", "gru") and (torch.jit.is_tracing() or isinstance(input, PackedSequence)):
+        # What nn.LSTM / nn.GRU export to, as they would: with the TorchScript exporter, and for packed
+        # input, which the node below does not take.
         return (nn.GRU if kind == "gru" else nn.LSTM).forward(module, input, hx)
     if isinstance(input, PackedSequence):
         raise unsupported(module, "PackedSequence input is not supported in export; pass a padded tensor")

@@ -5,7 +5,11 @@ against the module's own output in PyTorch (fastlstm's kernels). The graph must 
 operator (one LSTM/GRU node per layer) and nothing outside ONNX's default domain.
 """
 import io
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,8 +145,14 @@ def test_export_with_initial_state(kind, exporter):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-def test_full_peepholes_raise_a_clear_error(exporter):
-    m = fastlstm.PeepholeLSTM(4, 6, peephole="full").eval()
+@pytest.mark.parametrize("make,words", [
+    (lambda: fastlstm.PeepholeLSTM(4, 6, peephole="full"), ("PeepholeLSTM", "full", "no standard ONNX operator")),
+    # nn.LSTM with proj_size: the TorchScript exporter refuses it; dynamo=True writes a model onnxruntime
+    # rejects (LSTM node with cell size = proj_size). FastLSTM says so at export instead.
+    (lambda: fastlstm.FastLSTM(4, 6, proj_size=3), ("FastLSTM", "proj_size=3", "no projection")),
+], ids=["full-peepholes", "proj_size"])
+def test_modules_without_onnx_form_raise_a_clear_error(make, words, exporter):
+    m = make().eval()
     with pytest.raises(Exception) as info:
         _export(m, exporter)
     # The dynamo exporter wraps what the model raised in its own error; ours is its cause.
@@ -152,7 +162,8 @@ def test_full_peepholes_raise_a_clear_error(exporter):
         e = e.__cause__ or e.__context__
     ours = [e for e in chain if isinstance(e, fexport.OnnxExportError)]
     assert ours, f"no OnnxExportError in {[type(e).__name__ for e in chain]}"
-    assert "PeepholeLSTM" in str(ours[0]) and "full" in str(ours[0]) and "no standard ONNX operator" in str(ours[0])
+    for w in words:
+        assert w in str(ours[0])
 
 
 def test_module_without_standard_operator_raises():
@@ -238,3 +249,16 @@ def test_export_path_checks_hx_like_torch(kind):
     with pytest.raises(RuntimeError) as got:
         fexport.forward(m, x, bad)
     assert str(got.value) == str(expected.value)
+
+
+def test_using_fastlstm_does_not_import_torch_onnx():
+    # is_onnx_exporting relies on it (no torch.onnx loaded: no export can run) and keeps it so: importing
+    # torch.onnx costs tens of milliseconds that a user who never exports should not pay.
+    code = ("import sys, torch, fastlstm\n"
+            "for m in (fastlstm.FastLSTM(3, 4), fastlstm.FastGRU(3, 4), fastlstm.PeepholeLSTM(3, 4)):\n"
+            "    m(torch.randn(2, 1, 3))\n"
+            "assert 'torch.onnx' not in sys.modules, 'torch.onnx was imported'\n")
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 0, proc.stderr
