@@ -12,9 +12,12 @@ borrows, and of FastGRU.forward) and computes through what exports as ONNX's own
   longer sequence fails in onnxruntime); the node written here keeps sequence length and batch dynamic.
 * PeepholeLSTM, diagonal: ONNX's ``LSTM`` with its peephole input ``P`` (the same equations; the output
   gate sees the new cell state in both), with either exporter.
-* Full [H, H] peepholes, FastLSTM with proj_size, and any other module with no standard operator
-  (LayerNormLSTM): OnnxExportError naming the module and the reason, instead of a graph of fastlstm ops
-  no runtime can load (or, for proj_size, the broken model nn.LSTM gives with dynamo=True).
+* PeepholeLSTM, full [H, H] peepholes (no standard operator): with ``dynamo=True`` a graph of standard
+  operators, the recurrence an ONNX ``Scan`` loop (torch's scan); the TorchScript-based exporter cannot
+  write a loop for a traced function, so there OnnxExportError says so.
+* FastLSTM with proj_size, and any other module with no standard operator (LayerNormLSTM, until it gets
+  a Scan path like full peepholes'): OnnxExportError naming the module and the reason, instead of a graph
+  of fastlstm ops no runtime can load (or, for proj_size, the broken model nn.LSTM gives with dynamo=True).
 
 Layouts: ONNX orders the LSTM gates i, o, f, c (nn.LSTM: i, f, g, o), the GRU gates z, r, h (nn.GRU: r, z,
 n), puts both biases in one B = [Wb, Rb], and the peepholes in P = [p_i, p_o, p_f]. nn.GRU's candidate is
@@ -140,6 +143,8 @@ def _layer(module, kind: str, x: Tensor, states: list[Tensor], ps: list[tuple]):
     D = len(ps)
     direction = "bidirectional" if D == 2 else "forward"
     T, N = x.shape[0], x.shape[1]
+    if kind == "peephole_full":
+        return _full_peephole_layer(module, x, states, ps)
     order = _zrh if kind == "gru" else _iofc
     W = torch.stack([order(p[0]) for p in ps])
     R = torch.stack([order(p[1]) for p in ps])
@@ -158,6 +163,43 @@ def _layer(module, kind: str, x: Tensor, states: list[Tensor], ps: list[tuple]):
     return y, [h, c]
 
 
+def _full_peephole_layer(module, x: Tensor, states: list[Tensor], ps: list[tuple]):
+    """A full-peephole layer as a graph of standard operators: the input projection for all steps as one
+    MatMul, then the recurrence as torch's scan, which the dynamo exporter writes as an ONNX ``Scan`` loop
+    (sequence length stays dynamic). The TorchScript exporter has no such loop for a traced function."""
+    if torch.jit.is_tracing():
+        raise unsupported(module, "full [H, H] peephole matrices have no standard ONNX operator (ONNX's LSTM "
+                          "has diagonal peepholes only), and the TorchScript-based exporter cannot write the "
+                          "recurrence as a loop; export with torch.onnx.export(..., dynamo=True), which writes "
+                          "it as an ONNX Scan, or use peephole='diagonal'")
+    try:
+        from torch._higher_order_ops.scan import scan  # prototype API: torch 2.13's exporter maps it to Scan
+    except ImportError as e:  # pragma: no cover - another torch
+        raise unsupported(module, f"this torch has no torch._higher_order_ops.scan to export the full-peephole "
+                          f"recurrence with ({e})") from e
+    ys, hs, cs = [], [], []
+    for d, (w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co) in enumerate(ps):
+        xs = x @ w_ih.T
+        if b_ih is not None:
+            xs = xs + (b_ih + b_hh)
+
+        def step(carry, x_t, w_hh=w_hh, w_ci=w_ci, w_cf=w_cf, w_co=w_co):
+            # peephole.py's cell, gate order i, f, g, o; the weights are closed over (lifted by export).
+            h, c = carry
+            zi, zf, zg, zo = (x_t + h @ w_hh.T).chunk(4, 1)
+            i = torch.sigmoid(zi + c @ w_ci.T)
+            f = torch.sigmoid(zf + c @ w_cf.T)
+            c = f * c + i * torch.tanh(zg)
+            h = torch.sigmoid(zo + c @ w_co.T) * torch.tanh(c)
+            return (h, c), h.clone()  # scan's outputs may not alias its carry
+
+        (h, c), y = scan(step, (states[0][d], states[1][d]), xs, reverse=d == 1)
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(ys, 1), [torch.stack(hs), torch.stack(cs)]
+
+
 def _zrh(t: Tensor) -> Tensor:
     # nn.GRU stacks its gates r, z, n along dim 0; ONNX's GRU wants z, r, h (h = nn.GRU's n).
     r, z, n = t.chunk(3, 0)
@@ -173,8 +215,7 @@ def _kind(module) -> str:
     if mode == "diagonal":
         return "peephole"
     if mode == "full":
-        raise unsupported(module, "full [H, H] peephole matrices have no standard ONNX operator (ONNX's LSTM "
-                          "has diagonal peepholes only); export peephole='diagonal' instead")
+        return "peephole_full"
     raise unsupported(module, "it has no standard ONNX operator, and fastlstm's own ops are unknown to ONNX "
                       "runtimes")
 

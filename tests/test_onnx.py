@@ -144,13 +144,15 @@ def test_export_with_initial_state(kind, exporter):
         torch.testing.assert_close(g, e, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("make,words", [
-    (lambda: fastlstm.PeepholeLSTM(4, 6, peephole="full"), ("PeepholeLSTM", "full", "no standard ONNX operator")),
+@pytest.mark.parametrize("make,words,exporter", [
+    # Full peepholes export with dynamo=True only (as a Scan loop; see test_full_peepholes_export_as_scan).
+    (lambda: fastlstm.PeepholeLSTM(4, 6, peephole="full"), ("PeepholeLSTM", "full", "no standard ONNX operator",
+                                                             "dynamo=True"), "torchscript"),
     # nn.LSTM with proj_size: the TorchScript exporter refuses it; dynamo=True writes a model onnxruntime
     # rejects (LSTM node with cell size = proj_size). FastLSTM says so at export instead.
-    (lambda: fastlstm.FastLSTM(4, 6, proj_size=3), ("FastLSTM", "proj_size=3", "no projection")),
-], ids=["full-peepholes", "proj_size"])
+    (lambda: fastlstm.FastLSTM(4, 6, proj_size=3), ("FastLSTM", "proj_size=3", "no projection"), "torchscript"),
+    (lambda: fastlstm.FastLSTM(4, 6, proj_size=3), ("FastLSTM", "proj_size=3", "no projection"), "dynamo"),
+], ids=["full-peepholes-torchscript", "proj_size-torchscript", "proj_size-dynamo"])
 def test_modules_without_onnx_form_raise_a_clear_error(make, words, exporter):
     m = make().eval()
     with pytest.raises(Exception) as info:
@@ -164,6 +166,27 @@ def test_modules_without_onnx_form_raise_a_clear_error(make, words, exporter):
     assert ours, f"no OnnxExportError in {[type(e).__name__ for e in chain]}"
     for w in words:
         assert w in str(ours[0])
+
+
+@pytest.mark.parametrize("kw,with_hx", [(dict(num_layers=2, bidirectional=True), False),
+                                        (dict(batch_first=True, bias=False), True)], ids=["2layers-bidir", "bf-nobias-hx"])
+def test_full_peepholes_export_as_scan(kw, with_hx):
+    # No standard operator computes [H, H] peepholes: the dynamo exporter gets a graph of standard ops,
+    # the recurrence of each layer and direction an ONNX Scan, with sequence length and batch dynamic.
+    m = _module("peephole", peephole="full", **kw)
+    model = _export(m, "dynamo", with_hx=with_hx)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Scan") == m.num_layers * (2 if m.bidirectional else 1) and "LSTM" not in ops
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    onnx.checker.check_model(model)
+    for T, B in RUN_SHAPES:
+        x = _x(m, T, B, seed=T)
+        hx = _hx(m, B, seed=T + 1) if with_hx else None
+        with torch.no_grad():
+            expected = _flat(m(x, hx))
+        got = _run_ort(model, [x, *hx] if with_hx else [x])
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, atol=ATOL, rtol=0)
 
 
 def test_module_without_standard_operator_raises():
