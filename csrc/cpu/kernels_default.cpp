@@ -1,5 +1,6 @@
-// The pointwise row kernels for the DEFAULT instruction set (see pointwise.h, pointwise_impl.h).
-#define FASTLSTM_ISA DEFAULT
+// Every cell's pass row kernels and the batch-1 GEMV kernels for the DEFAULT instruction set (rows.h,
+// rows_impl.h).
+#define FASTLSTM_ISA isa_DEFAULT
 #define FASTLSTM_ISA_NAME "DEFAULT"
 #define FASTLSTM_ISA_DEFAULT 1
-#include "pointwise_impl.h"
+#include "rows_impl.h"

@@ -1,5 +1,5 @@
-// Host-side glue shared by the CUDA adapter (lstm_cuda.cpp) and the CPU harness that runs the CUDA
-// kernels' per-element code (tests/harness/cuda_harness.cpp): the mapping from a tensor dtype to the
+// Host-side glue shared by the CUDA adapter (device.cpp) and the CPU harness that runs the CUDA
+// kernels: the mapping from a tensor dtype to the
 // kernels' storage type. Uses ATen, so it is not included by any .cu/.cuh file.
 #pragma once
 
@@ -40,14 +40,6 @@ void dispatch_storage(at::ScalarType t, const char* name, F&& f) {
 template <typename T>
 T* data_as(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
-}
-
-// The kernels index dense rows; the layer driver passes slices of contiguous buffers, but direct calls of
-// lstm_backward could pass anything.
-inline void check_dense(std::initializer_list<const at::Tensor*> ts) {
-  for (const at::Tensor* t : ts) {
-    TORCH_CHECK(t->is_contiguous(), "fastlstm: the CUDA kernels need contiguous tensors");
-  }
 }
 
 }  // namespace gpu

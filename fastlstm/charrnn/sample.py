@@ -16,26 +16,41 @@ import torch
 from torch import Tensor
 
 from .data import Vocab
-from .model import CharRNN
-from .train import load_checkpoint
+from .errors import SAMPLE_CHECKS, CharRNNError, check
+from .model import BACKENDS, CharRNN
+from .train import build_model, load_checkpoint
 
 
 def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = None) -> tuple[CharRNN, Vocab]:
     """(model in eval mode on ``device``, vocab) from a checkpoint file or an output directory.
     ``backend`` overrides the one trained with (the weights are interchangeable)."""
+    if backend is not None and backend not in BACKENDS:
+        raise CharRNNError(f"--backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CharRNNError("--device cuda: no CUDA device is available")
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
-    vocab = Vocab(ckpt["vocab"])
-    model = CharRNN(len(vocab), cfg["hidden"], cfg["layers"], cfg["dropout"], backend or cfg["backend"],
-                    cfg.get("cell", "lstm"))
-    model.load_state_dict(ckpt["model"])
+    cell = cfg.get("cell", "lstm")
+    if cell == "peephole" and (backend or cfg["backend"]) != "fastlstm":
+        raise CharRNNError("--backend torch: this checkpoint is a peephole LSTM, which torch.nn does not have")
+    try:
+        vocab = Vocab(ckpt["vocab"])
+        model = build_model(len(vocab), cfg, "cpu", backend)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        # The archive's CRCs were right (load_checkpoint), so this is a file that is not ours, or ours
+        # but inconsistent with itself; either way no model comes out of it.
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CharRNNError(f"{checkpoint} is not a usable fastlstm-charrnn checkpoint "
+                           f"({type(e).__name__}: {first})") from None
     return model.to(device).eval(), vocab
 
 
 def probabilities(logits: Tensor, temperature: float = 1.0, top_k: int = 0) -> Tensor:
     """Next-character probabilities [V] (float64) from logits [V], as described in the module docstring."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    # nan passed the old "< 0" test and came out of softmax as nan probabilities.
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     z = logits.detach().to(torch.float64).flatten()
@@ -58,8 +73,12 @@ def sample(model: CharRNN, vocab: Vocab, prime: str = "Anna", length: int = 1000
     ``probabilities`` and fed back. ``seed`` fixes the draws (None: fresh randomness)."""
     if not prime:
         raise ValueError("prime must be at least one character")
-    if length < 0:
-        raise ValueError(f"length must be >= 0, got {length}")
+    try:
+        for name, v in (("length", length), ("temperature", temperature), ("top_k", top_k), ("seed", seed)):
+            if v is not None:
+                check(name, v, SAMPLE_CHECKS)
+    except CharRNNError as e:
+        raise ValueError(str(e)) from None
     g = torch.Generator()
     if seed is None:
         g.seed()

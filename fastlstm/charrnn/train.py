@@ -17,8 +17,10 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Optional
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import Vocab, batch_rows, load_text, num_batches, split
-from .model import CharRNN, State, detach
+from .errors import OPTIONAL, TRAIN_CHECKS, CharRNNError, check, flag
+from .model import BACKENDS, CELLS, CharRNN, State, detach
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -65,13 +68,13 @@ def _setup_dist(device: str) -> Dist:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is available")
+            raise CharRNNError("--device cuda: no CUDA device is available")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     elif device == "cpu":
         dev = torch.device("cpu")
     else:
-        raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
+        raise CharRNNError(f"--device must be cpu or cuda, got {device!r}")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, dev, world > 1)
@@ -88,21 +91,145 @@ def _set_rng_state(s: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(s["cuda"], device)
 
 
+def _tmp_name(path: str, pid: int) -> str:
+    return f"{path}.tmp{pid}"
+
+
 def _atomic_write(path: str, write) -> None:
     """write(f) into path's temporary sibling, fsync, then rename over path (readers never see half)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _tmp_name(path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full, an exception in write, Ctrl-C) must not leave its half file behind;
+        # only a kill gets past this, and remove_stale_temporaries cleans up after that.
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
-def load_checkpoint(path: str) -> dict:
-    """The checkpoint at ``path``, or at path/checkpoint.pt when ``path`` is a directory; on the CPU."""
+# The files _atomic_write writes in an output directory, and the temporary names it gives them.
+_WRITTEN = (CHECKPOINT, PLOT, METRICS)
+_TMP = re.compile("^(" + "|".join(re.escape(n) for n in _WRITTEN) + r")\.tmp([0-9]+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        # Called before this process writes anything, so a file with our pid is a dead process's
+        # (pids are reused, in containers especially), not ours.
+        return False
+    if pid <= 0:
+        return False  # no writer has pid 0, and os.kill(0, 0) would signal our own process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    except (OverflowError, ValueError):
+        return False  # beyond any pid
+    return True
+
+
+def remove_stale_temporaries(out: str) -> list[str]:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``out``:
+    only names _atomic_write makes (checkpoint.pt.tmp<pid>, ...), and only when no process with that
+    pid is alive (a live one may be writing it right now). Returns the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(out)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        m = _TMP.match(name)
+        if m is None or _pid_alive(int(m.group(2))):
+            continue
+        path = os.path.join(out, name)
+        try:
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            pass  # gone already (another run cleaning up), or not ours to remove
+    return removed
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
+
+
+# What each use of a checkpoint reads from it; anything else is not one of ours.
+_CKPT_KEYS = {"format", "config", "vocab", "model"}
+_RESUME_KEYS = _CKPT_KEYS | {"optimizer", "position", "text_crc32"}
+_CONFIG_KEYS = {"hidden", "layers", "dropout", "backend"}
+
+
+def load_checkpoint(path: str, resume: bool = False) -> dict:
+    """The checkpoint at ``path``, or at path/checkpoint.pt when ``path`` is a directory; on the CPU.
+
+    CharRNNError (one line, naming the file) when it is missing, empty, damaged or not a char-RNN
+    checkpoint. torch.load checks none of the CRC-32s of the zip archive it reads, so a flipped bit in a
+    weight would load as a silently wrong number; every record's CRC is verified here first.
+    ``resume``: also require what resuming training reads (optimizer state, position)."""
     if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT)
-    return torch.load(path, map_location="cpu", weights_only=True)
+        d, path = path, os.path.join(path, CHECKPOINT)
+        if not os.path.exists(path):
+            raise CharRNNError(f"{d} holds no {CHECKPOINT}")
+    if not os.path.exists(path):
+        raise CharRNNError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise CharRNNError(f"{path} is not a file")
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            raise CharRNNError(f"{path} is empty (0 bytes), not a checkpoint")
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except CharRNNError:
+        raise
+    except OSError as e:
+        raise CharRNNError(f"{path}: {e.strerror or _first_line(e)}") from None
+    except Exception as e:  # zipfile raises many types for a damaged archive (BadZipFile, EOFError, ...)
+        raise CharRNNError(f"{path} is damaged or not a checkpoint (not a readable zip archive: "
+                           f"{_first_line(e)})") from None
+    if bad is not None:
+        raise CharRNNError(f"{path} is damaged: its record {bad} fails its CRC-32 check")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CharRNNError(f"{path} is damaged or not a checkpoint ({_first_line(e)})") from None
+    need = _RESUME_KEYS if resume else _CKPT_KEYS
+    if not isinstance(blob, dict) or not need <= blob.keys():
+        raise CharRNNError(f"{path} is not a fastlstm-charrnn checkpoint")
+    if blob["format"] != 1:
+        raise CharRNNError(f"{path} has checkpoint format {blob['format']!r}; this version reads format 1")
+    if not isinstance(blob["config"], dict) or not _CONFIG_KEYS <= blob["config"].keys():
+        raise CharRNNError(f"{path} is not a fastlstm-charrnn checkpoint (its configuration is incomplete)")
+    return blob
+
+
+def check_config(cfg: dict) -> dict:
+    """cfg with every option checked (TRAIN_CHECKS), and the cell and backend known and compatible;
+    CharRNNError names the first bad option."""
+    for k, chk in TRAIN_CHECKS.items():
+        if cfg.get(k) is None and k in OPTIONAL:
+            continue
+        check(k, cfg.get(k), TRAIN_CHECKS)
+    if cfg.get("cell") not in CELLS:
+        raise CharRNNError(f"--cell must be one of {sorted(CELLS)}, got {cfg.get('cell')!r}")
+    if cfg.get("backend") not in BACKENDS:
+        raise CharRNNError(f"--backend must be one of {list(BACKENDS)}, got {cfg.get('backend')!r}")
+    if cfg["cell"] == "peephole" and cfg["backend"] != "fastlstm":
+        # torch.nn has no peephole LSTM; a silent substitute would make the comparison meaningless.
+        raise CharRNNError("--cell peephole exists only with --backend fastlstm (torch.nn has no peephole LSTM)")
+    return cfg
 
 
 def _resolve_config(args: dict, ckpt: Optional[dict]) -> dict:
@@ -114,15 +241,24 @@ def _resolve_config(args: dict, ckpt: Optional[dict]) -> dict:
     if ckpt is None:
         cfg = dict(DEFAULTS)
         cfg.update({k: v for k, v in given.items() if k in DEFAULTS})
-        return cfg
-    cfg = dict(ckpt["config"])
+        return check_config(cfg)
+    # Options given with --resume are checked on their own first, so that a bad one is reported as bad
+    # rather than as differing from the checkpoint.
+    for k, v in given.items():
+        if k in TRAIN_CHECKS:
+            check(k, v, TRAIN_CHECKS)
+    cfg = dict(DEFAULTS)
+    cfg.update(ckpt["config"])
     cfg.update({k: given.get(k, DEFAULTS[k]) for k in RESUME_MAY_CHANGE})
     for k, v in given.items():
         if k in DEFAULTS and k not in RESUME_MAY_CHANGE and cfg.get(k) != v:
-            raise SystemExit(f"--resume: --{k.replace('_', '-')} {v} differs from the checkpoint's "
-                             f"{cfg.get(k)}; a resumed run keeps its configuration (only "
-                             f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change)")
-    return cfg
+            raise CharRNNError(f"--resume: {flag(k)} {v} differs from the checkpoint's "
+                               f"{cfg.get(k)}; a resumed run keeps its configuration (only "
+                               f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change)")
+    try:
+        return check_config(cfg)
+    except CharRNNError as e:
+        raise CharRNNError(f"--resume: the checkpoint's configuration is invalid: {e}") from None
 
 
 def _local_rows(x: Tensor, y: Tensor, d: Dist) -> tuple[Tensor, Tensor]:
@@ -211,13 +347,25 @@ def train(args: dict) -> Optional[dict]:
     rank 0, None elsewhere."""
     out = args["out"]
     ckpt_path = os.path.join(out, CHECKPOINT)
-    ckpt = load_checkpoint(ckpt_path) if args.get("resume") and os.path.exists(ckpt_path) else None
+    ckpt = None
+    if args.get("resume") and os.path.exists(ckpt_path):
+        try:
+            ckpt = load_checkpoint(ckpt_path, resume=True)
+        except CharRNNError as e:
+            raise CharRNNError(f"--resume: {e} (remove it to start from scratch)") from None
     cfg = _resolve_config(args, ckpt)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     d = _setup_dist(cfg["device"])
     if d.main:
-        os.makedirs(out, exist_ok=True)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise CharRNNError(f"--out {out} exists and is not a directory")
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise CharRNNError(f"--out {out}: cannot create it ({e.strerror})") from None
+        for p in remove_stale_temporaries(out):
+            print(f"removed {p}, left by a writer that was killed", flush=True)
         if args.get("resume") and ckpt is None:
             print(f"--resume: no checkpoint in {out}; starting from scratch", flush=True)
     try:
@@ -227,32 +375,65 @@ def train(args: dict) -> Optional[dict]:
             dist.destroy_process_group()
 
 
+def build_model(vocab_size: int, cfg: dict, device, backend: Optional[str] = None) -> CharRNN:
+    """CharRNN as configured, on ``device``; CharRNNError when it does not fit in memory (--hidden is
+    checked to be positive, not to be small: 200000 asks for 640 GB)."""
+    try:
+        return CharRNN(vocab_size, cfg["hidden"], cfg["layers"], cfg["dropout"], backend or cfg["backend"],
+                       cfg.get("cell", "lstm")).to(device)
+    except (RuntimeError, MemoryError) as e:
+        msg = str(e)
+        if isinstance(e, MemoryError) or "allocate" in msg or "out of memory" in msg:
+            raise CharRNNError(f"a model with --hidden {cfg['hidden']} and --layers {cfg['layers']} does not "
+                               f"fit in memory ({_first_line(e)[-160:]})") from None
+        raise
+
+
+def _read_text(path: str) -> str:
+    try:
+        text = load_text(path)
+    except UnicodeDecodeError as e:
+        raise CharRNNError(f"--text {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                           f"{e.start}: {e.reason})") from None
+    except OSError as e:
+        raise CharRNNError(f"--text {path}: {e.strerror or _first_line(e)}") from None
+    if not text:
+        raise CharRNNError(f"--text {path} is empty")
+    return text
+
+
 def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -> Optional[dict]:
     from tqdm import tqdm
 
     B, T = cfg["batch_size"], cfg["seq_length"]
     if B % d.world:
-        raise SystemExit(f"--batch-size {B} must be divisible by the number of processes ({d.world})")
-    text = load_text(text_path)
+        raise CharRNNError(f"--batch-size {B} must be divisible by the number of processes ({d.world})")
+    text = _read_text(text_path)
     crc = zlib.crc32(text.encode("utf-8"))
     if ckpt is not None and ckpt["text_crc32"] != crc:
-        raise SystemExit(f"--resume: {text_path} is not the text the checkpoint was trained on")
+        raise CharRNNError(f"--resume: {text_path} is not the text the checkpoint was trained on")
     vocab = Vocab(ckpt["vocab"]) if ckpt is not None else Vocab.from_text(text)
     train_codes, val_codes = split(vocab.encode(text), cfg["val_frac"])
+    if num_batches(len(train_codes), B, T) == 0:
+        # Count what the user can check: the file's characters, and the part of them training uses.
+        part = (f"its training part ({len(train_codes)} of its {len(text)} characters; --val-frac "
+                f"{cfg['val_frac']:g} holds out the rest)" if cfg["val_frac"] > 0
+                else f"it has {len(text)} characters")
+        raise CharRNNError(f"--text {text_path} is too short: {part}, less than one batch of --batch-size "
+                           f"{B} x --seq-length {T} = {B * T} characters; use a longer text or a smaller batch")
     x_tr, y_tr = _local_rows(*batch_rows(train_codes, B, T), d)
     n_batches = x_tr.shape[1] // T
     has_val = cfg["val_frac"] > 0 and num_batches(len(val_codes), B, T) > 0
     if cfg["val_frac"] > 0 and not has_val:
-        raise SystemExit(f"validation text ({len(val_codes)} chars) is shorter than one {B} x {T} batch; "
-                         "raise --val-frac or lower --batch-size/--seq-length (or --val-frac 0)")
+        raise CharRNNError(f"validation text ({len(val_codes)} chars) is shorter than one {B} x {T} batch; "
+                           "raise --val-frac or lower --batch-size/--seq-length (or --val-frac 0)")
     x_va, y_va = _local_rows(*batch_rows(val_codes, B, T), d) if has_val else (None, None)
     total_steps = cfg["epochs"] * n_batches
     if cfg["max_steps"] is not None:
         total_steps = min(total_steps, cfg["max_steps"])
 
     torch.manual_seed(cfg["seed"])
-    model = CharRNN(len(vocab), cfg["hidden"], cfg["layers"], cfg["dropout"], cfg["backend"],
-                    cfg["cell"]).to(d.device)
+    model = build_model(len(vocab), cfg, d.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     # Processes must differ in their dropout masks; weights are the same (seeded above, and DDP
     # broadcasts rank 0's anyway).

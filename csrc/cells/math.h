@@ -1,5 +1,7 @@
-// Gate math for the LSTM cell, written once and shared by the CPU kernels (C++), the CUDA kernels (nvcc)
-// and the CPU harness that runs the CUDA kernels' per-element code on the host.
+// The gate math of every cell, written once and shared by the CPU kernels (C++, SIMD lanes and scalar
+// tails), the CUDA kernels (nvcc) and the CPU harness that runs the CUDA kernels' code on the host. The
+// functions are templates over the arithmetic type T (a scalar, an at::vec::Vectorized register or a
+// math::Lanes pack of registers) and an activation set Act, so one statement of a cell serves all of them.
 //
 // No torch header here: nvcc compiles this in the framework-free .cu files.
 //
@@ -9,6 +11,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FASTLSTM_HOST_DEVICE __host__ __device__
@@ -24,6 +27,8 @@ FASTLSTM_HOST_DEVICE inline float exp_(float x) { return expf(x); }
 FASTLSTM_HOST_DEVICE inline double exp_(double x) { return exp(x); }
 FASTLSTM_HOST_DEVICE inline float tanh_(float x) { return tanhf(x); }
 FASTLSTM_HOST_DEVICE inline double tanh_(double x) { return tanh(x); }
+FASTLSTM_HOST_DEVICE inline float sqrt_(float x) { return sqrtf(x); }
+FASTLSTM_HOST_DEVICE inline double sqrt_(double x) { return sqrt(x); }
 
 // Scalar activations. `Act` is a template parameter of the cell functions below so that the CPU can pass a
 // SIMD type (at::vec::Vectorized) with its own activations while the composition stays written once.
@@ -38,6 +43,55 @@ struct ScalarAct {
     return tanh_(x);
   }
 };
+
+// The arithmetic type of a storage type: float for the 16-bit types (c10::Half/BFloat16 on the CPU,
+// __half/__nv_bfloat16 on the GPU), which store in their dtype and compute and carry cell states in float32.
+template <typename S>
+using acc_of = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+// N values of T computed on together: what one CUDA thread holds for a vector of N consecutive units, so
+// that the cell functions below run on it as on a scalar. Elementwise operators only.
+template <typename T, int N>
+struct Lanes {
+  T v[N];
+  FASTLSTM_HOST_DEVICE Lanes() {}
+  // Implicit, so that the cell functions' T(1) and T(0) work as for a scalar.
+  FASTLSTM_HOST_DEVICE Lanes(T x) {  // NOLINT(google-explicit-constructor)
+    for (int k = 0; k < N; ++k) v[k] = x;
+  }
+};
+
+#define FASTLSTM_LANES_BINARY(OP)                                                           \
+  template <typename T, int N>                                                              \
+  FASTLSTM_HOST_DEVICE inline Lanes<T, N> operator OP(const Lanes<T, N>& a, const Lanes<T, N>& b) { \
+    Lanes<T, N> r;                                                                          \
+    for (int k = 0; k < N; ++k) r.v[k] = a.v[k] OP b.v[k];                                  \
+    return r;                                                                               \
+  }
+FASTLSTM_LANES_BINARY(+)
+FASTLSTM_LANES_BINARY(-)
+FASTLSTM_LANES_BINARY(*)
+FASTLSTM_LANES_BINARY(/)
+#undef FASTLSTM_LANES_BINARY
+
+template <typename T, int N>
+FASTLSTM_HOST_DEVICE inline Lanes<T, N> operator-(const Lanes<T, N>& a) {
+  Lanes<T, N> r;
+  for (int k = 0; k < N; ++k) r.v[k] = -a.v[k];
+  return r;
+}
+template <typename T, int N>
+FASTLSTM_HOST_DEVICE inline Lanes<T, N> exp_(const Lanes<T, N>& a) {
+  Lanes<T, N> r;
+  for (int k = 0; k < N; ++k) r.v[k] = exp_(a.v[k]);
+  return r;
+}
+template <typename T, int N>
+FASTLSTM_HOST_DEVICE inline Lanes<T, N> tanh_(const Lanes<T, N>& a) {
+  Lanes<T, N> r;
+  for (int k = 0; k < N; ++k) r.v[k] = tanh_(a.v[k]);
+  return r;
+}
 
 // One cell, forward. Inputs are the four pre-activations and the previous cell state; outputs are the
 // activated gates (saved for backward), the new cell state and the (unprojected) hidden state.

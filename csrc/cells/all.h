@@ -1,0 +1,13 @@
+// Every cell's passes, and the list of them that the device files instantiate (per CPU instruction set,
+// per CUDA storage type). A new cell adds its header here and its passes to FASTLSTM_PASSES.
+#pragma once
+
+#include "gru.h"
+#include "layernorm_lstm.h"
+#include "lstm.h"
+#include "peephole.h"
+
+#define FASTLSTM_PASSES(X)                                                                            \
+  X(LstmForward) X(LstmBackward) X(GruForward) X(GruBackward) X(PeepholeForwardDiag) X(PeepholeForwardC) \
+  X(PeepholeForwardH) X(PeepholeBackwardDiag) X(PeepholeBackwardH) X(PeepholeBackwardC) X(LnInputNorm)   \
+  X(LnForward) X(LnBackward) X(LnInputNormBackward)

@@ -1,0 +1,91 @@
+// The GRU cell's fused passes (nn.GRU's cell, gate order r, z, n), framework-free: see passes.h.
+//   r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * (W_hn h + b_hn)), h' = (1 - z) n + z h
+// The recurrent product enters n inside r * (...), so it stays a separate [B, 3H] operand of the pass
+// instead of being accumulated into the gates; the state h is kept in the storage dtype, as nn.GRU does.
+#pragma once
+
+#include "passes.h"
+
+namespace fastlstm {
+namespace cells {
+
+// Forward step, row b:
+//   gates  [B, 3H] S  in: input pre-activations (b_ih and the r, z parts of b_hh folded in); out: r, z, n
+//   gh     [B, 3H] S  h_prev W_hh^T (no bias);  b_hn [H] S or null;  h_prev [B, H] S
+//   hn     [B, H]  S  out: W_hn h_prev + b_hn, rounded to S (saved; the cell uses the rounded value, so
+//                     backward sees what forward used);  h [B, H] S out
+struct GruForward {
+  static constexpr bool kRowReduce = false;
+  template <typename S>
+  struct Args {
+    S* gates;
+    const S* gh;
+    const S* b_hn;
+    const S* h_prev;
+    S* hn;
+    S* h;
+    std::array<const void*, 6> ptrs() const { return {gates, gh, b_hn, h_prev, hn, h}; }
+  };
+  template <typename S, class E>
+  FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
+    S* g = a.gates + b * 3 * H;
+    const S* gh = a.gh + b * 3 * H;
+    const int64_t r0 = b * H;
+    e.for_units(H, [&](int64_t j, auto L) {
+      FASTLSTM_LANE(L);
+      const C bias = a.b_hn != nullptr ? L.load(a.b_hn + j) : C(0);
+      L.store(a.hn + r0 + j, L.load(gh + 2 * H + j) + bias);
+      C r, z, n, h;
+      math::gru::cell_forward<C, Act>(L.load(g + j), L.load(g + H + j), L.load(g + 2 * H + j), L.load(gh + j),
+                                      L.load(gh + H + j), L.load(a.hn + r0 + j), L.load(a.h_prev + r0 + j), r, z,
+                                      n, h);
+      L.store(g + j, r);
+      L.store(g + H + j, z);
+      L.store(g + 2 * H + j, n);
+      L.store(a.h + r0 + j, h);
+    });
+  }
+};
+
+// Backward step, row b:
+//   gates [B, 3H] S (r, z, n);  hn, h_prev [B, H] S;  dh [B, H] S: the whole gradient reaching h
+//   dgx [B, 3H] S out: gradients of the input pre-activations;  dgh [B, 3H] S out: of the recurrent ones
+//   (equal to dgx in r, z);  dh_prev [B, H] S out: dh * z, the part of dh_prev that bypasses the GEMM
+struct GruBackward {
+  static constexpr bool kRowReduce = false;
+  template <typename S>
+  struct Args {
+    const S* gates;
+    const S* hn;
+    const S* h_prev;
+    const S* dh;
+    S* dgx;
+    S* dgh;
+    S* dh_prev;
+    std::array<const void*, 7> ptrs() const { return {gates, hn, h_prev, dh, dgx, dgh, dh_prev}; }
+  };
+  template <typename S, class E>
+  FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
+    const S* g = a.gates + b * 3 * H;
+    S* dx = a.dgx + b * 3 * H;
+    S* dr = a.dgh + b * 3 * H;
+    const int64_t r0 = b * H;
+    e.for_units(H, [&](int64_t j, auto L) {
+      FASTLSTM_LANE(L);
+      C dxr, dxz, dxn, dhn, dhp;
+      math::gru::cell_backward<C, Act>(L.load(g + j), L.load(g + H + j), L.load(g + 2 * H + j),
+                                       L.load(a.hn + r0 + j), L.load(a.h_prev + r0 + j),
+                                       L.load(a.dh + r0 + j), dxr, dxz, dxn, dhn, dhp);
+      L.store(dx + j, dxr);
+      L.store(dx + H + j, dxz);
+      L.store(dx + 2 * H + j, dxn);
+      L.store(dr + j, dxr);
+      L.store(dr + H + j, dxz);
+      L.store(dr + 2 * H + j, dhn);
+      L.store(a.dh_prev + r0 + j, dhp);
+    });
+  }
+};
+
+}  // namespace cells
+}  // namespace fastlstm

@@ -1,0 +1,251 @@
+// The CPU device of the layer driver (csrc/layer.h): how a cell's pass runs (the per-ISA row kernels of
+// rows.h, threaded over batch rows with at::parallel_for), and the recurrent GEMM hooks (batch-1 GEMV
+// kernels; MKL's packed SGEMM with the weight packed once per op call). Registers every cell's ops for CPU.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+
+#include "../cells/ops.h"
+#include "rows.h"
+
+namespace fastlstm {
+namespace cpu {
+namespace {
+
+enum class Isa { DEFAULT, AVX2, AVX512 };
+
+// The best instruction set ATen itself uses here (it honours ATEN_CPU_CAPABILITY and what the CPU
+// supports), chosen once.
+Isa isa() {
+  static const Isa k = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return Isa::AVX512;
+    if (cap == "AVX2") return Isa::AVX2;
+#endif
+    return Isa::DEFAULT;
+  }();
+  return k;
+}
+
+template <class Pass, typename S>
+RowsFn<Pass, S> rows_fn() {
+  switch (isa()) {
+    case Isa::AVX512:
+      return &isa_AVX512::rows<Pass, S>;
+    case Isa::AVX2:
+      return &isa_AVX2::rows<Pass, S>;
+    default:
+      return &isa_DEFAULT::rows<Pass, S>;
+  }
+}
+
+const GemvKernels& gemv_kernels() {
+  static const GemvKernels k = isa() == Isa::AVX512 ? isa_AVX512::gemv_kernels()
+                               : isa() == Isa::AVX2 ? isa_AVX2::gemv_kernels()
+                                                    : isa_DEFAULT::gemv_kernels();
+  return k;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// MKL's packed SGEMM (torch's mkl::_mkl_linear, the op Inductor uses for CPU linears): the weight is
+// reordered once into MKL's internal panel format, so the T per-step GEMMs skip the packing that every plain
+// sgemm call repeats (~1.7x on the step GEMM [32,512]x[512,2048], 1 thread). Looked up through the
+// dispatcher: absent (no MKL in this torch build) means plain addmm_.
+struct MklPacked {
+  using Linear = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, int64_t);
+  using Reorder = Tensor(const Tensor&, int64_t);
+  std::optional<c10::TypedOperatorHandle<Linear>> linear;
+  std::optional<c10::TypedOperatorHandle<Reorder>> reorder;
+
+  static const MklPacked& get() {
+    static const MklPacked m = [] {
+      MklPacked r;
+      auto& d = c10::Dispatcher::singleton();
+      auto l = d.findSchema({"mkl::_mkl_linear", ""});
+      auto o = d.findSchema({"mkl::_mkl_reorder_linear_weight", ""});
+      if (l && o && l->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+          o->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+        r.linear = l->typed<Linear>();
+        r.reorder = o->typed<Reorder>();
+      }
+      return r;
+    }();
+    return m;
+  }
+};
+
+// Fewer steps than this and packing costs more than it saves: MKL's reorder of [2048, 512] measured 447 us
+// against 496 us for a packed step and 757 us for a plain one (break-even ~2 steps).
+constexpr int64_t kMinPackedSteps = 4;
+
+}  // namespace
+
+struct CpuDevice {
+  static void check_dtype(const Check& chk, const Tensor& input) {
+    const auto t = input.scalar_type();
+    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
+      chk.fail("input", "must be float32, float64, bfloat16 or float16 on the CPU, got " + std::string(c10::toString(t)));
+    }
+  }
+
+  // One op call's scope: nothing to hold on the CPU.
+  struct Call {
+    Call(const Tensor&, int64_t) {}
+  };
+
+  // Runs Pass over `rows` batch rows of width H, in parallel over rows; make(TypeTag<S>) gives its Args<S>.
+  template <class Pass, class Make>
+  static void run(const Tensor& like, int64_t rows, int64_t H, const Make& make) {
+    if (rows <= 0) return;
+    // Rows per task: below ~16K elements per task, threading costs more than it saves.
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 4 * H));
+    auto go = [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      const auto args = make(tag);
+      const RowsFn<Pass, S> fn = rows_fn<Pass, S>();
+      at::parallel_for(0, rows, grain, [&](int64_t b0, int64_t b1) { fn(args, b0, b1, H); });
+    };
+    switch (like.scalar_type()) {
+      case at::kFloat:
+        return go(TypeTag<float>{});
+      case at::kDouble:
+        return go(TypeTag<double>{});
+      case at::kBFloat16:
+        return go(TypeTag<c10::BFloat16>{});
+      case at::kHalf:
+        return go(TypeTag<c10::Half>{});
+      default:
+        TORCH_CHECK(false, "fastlstm: unsupported dtype ", like.scalar_type());
+    }
+  }
+
+  // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]). A single row (one streaming step at batch 1) goes through
+  // the GEMV kernel, as the recurrent product does.
+  static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
+    if (x2d.size(0) == 1 && gemv_ok(x2d, w_ih) && g2d.is_contiguous()) {
+      if (bias.defined()) {
+        const_cast<Tensor&>(g2d).copy_(bias);
+      } else {
+        const_cast<Tensor&>(g2d).zero_();
+      }
+      gemv(g2d, x2d, w_ih);
+      return;
+    }
+    if (bias.defined()) {
+      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
+    } else {
+      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
+    }
+  }
+
+  // The recurrent weight w [N, K] (N = G, K = P) for the steps of one op call: out [B, N] (+)= h [B, K] @ w^T
+  // forward, out [B, K] (+)= dg [B, N] @ w backward. The packed copies live as long as this object, i.e.
+  // one op call: a weight can change between calls in ways no key would see (p.data.copy_, p.data = ...,
+  // writes through .numpy(), vector_to_parameters leave the version counter alone), and a stale packed copy
+  // is a silently wrong result (tests/test_weight_changes.py).
+  class Recurrent {
+   public:
+    Recurrent(const Tensor& w, int64_t B, int64_t T) : w_(w), B_(B), packable_(packable(w, B, T)) {}
+
+    void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
+      Tensor& o = const_cast<Tensor&>(out);
+      if (h.size(0) == 1 && gemv_ok(h, w_) && o.is_contiguous()) {
+        if (!accumulate) o.zero_();
+        gemv(o, h, w_);
+      } else if (packable_) {
+        const Tensor hw = linear(fwd_, h, [](const Tensor& w) { return w.contiguous(); });
+        if (accumulate) {
+          o.add_(hw);
+        } else {
+          o.copy_(hw);
+        }
+      } else if (accumulate) {
+        o.addmm_(h, w_.t());
+      } else {
+        at::mm_out(o, h, w_.t());
+      }
+    }
+
+    void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
+      Tensor& o = const_cast<Tensor&>(out);
+      if (!accumulate && dg.size(0) == 1 && gemv_ok(dg, w_) && o.is_contiguous()) {
+        const int64_t R = w_.size(0), C = w_.size(1);
+        const auto fn = gemv_kernels().gemv_t;
+        const auto dtype = dg.scalar_type();
+        const void* w = w_.data_ptr();
+        const void* a = dg.data_ptr();
+        void* y = o.data_ptr();
+        at::parallel_for(0, C, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, R)),
+                         [&](int64_t c0, int64_t c1) { fn(dtype, w, a, y, c0, c1, R, C); });
+      } else if (packable_) {
+        const Tensor d = linear(bwd_, dg, [](const Tensor& w) { return w.t().contiguous(); });
+        if (accumulate) {
+          o.add_(d);
+        } else {
+          o.copy_(d);
+        }
+      } else if (accumulate) {
+        o.addmm_(dg, w_);
+      } else {
+        at::mm_out(o, dg, w_);
+      }
+    }
+
+   private:
+    struct Packed {
+      Tensor ori, packed;  // ori: the [N, K] operand in linear's layout (contiguous); packed: MKL's reorder
+    };
+    static bool packable(const Tensor& w, int64_t B, int64_t T) {
+      // Below ~1 MFLOP per step the op call costs more than the packing saves (measured at B=16, H=64).
+      return MklPacked::get().linear.has_value() && B >= 2 && T >= kMinPackedSteps && w.scalar_type() == at::kFloat &&
+             B * w.numel() >= (int64_t(1) << 19);
+    }
+    template <class MakeOri>
+    Tensor linear(Packed& p, const Tensor& x, MakeOri make_ori) const {
+      const auto& mkl = MklPacked::get();
+      if (!p.packed.defined()) {
+        at::NoGradGuard no_grad;
+        p.ori = make_ori(w_);
+        p.packed = mkl.reorder->call(p.ori, B_);
+      }
+      return mkl.linear->call(x, p.packed, p.ori, std::nullopt, B_);
+    }
+    Tensor w_;
+    int64_t B_;
+    bool packable_;
+    mutable Packed fwd_, bwd_;
+  };
+
+ private:
+  static bool gemv_ok(const Tensor& x, const Tensor& w) {
+    const auto dt = x.scalar_type();
+    return (dt == at::kFloat || dt == at::kDouble) && w.scalar_type() == dt && x.is_contiguous() && w.is_contiguous();
+  }
+  // y [1, R] += x [1, K] @ w [R, K]^T through the GEMV kernel.
+  static void gemv(const Tensor& y, const Tensor& x, const Tensor& w) {
+    const int64_t R = w.size(0), K = w.size(1);
+    const auto fn = gemv_kernels().gemv;
+    const auto dtype = x.scalar_type();
+    const void* wp = w.data_ptr();
+    const void* xp = x.data_ptr();
+    void* yp = y.data_ptr();
+    at::parallel_for(0, R, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)),
+                     [&](int64_t r0, int64_t r1) { fn(dtype, wp, xp, yp, r0, r1, K); });
+  }
+};
+
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fastlstm, CPU, m) { register_cell_ops<cpu::CpuDevice>(m); }
+
+}  // namespace fastlstm

@@ -1,0 +1,50 @@
+// The CPU's pass kernels, compiled once per instruction set (kernels_{default,avx2,avx512}.cpp include
+// rows_impl.h) and picked at run time: an extension built with the default flags would get at::vec's scalar
+// fallback (std::exp per element), which costs as much per step as the recurrent GEMM. This is the one CPU
+// vectorisation mechanism, for every cell and dtype (half types load into float32 registers).
+//
+//   rows<Pass, S>(args, b0, b1, H) runs Pass::row over batch rows [b0, b1) (see csrc/cells/passes.h);
+//   S: float, double, c10::BFloat16, c10::Half. The threading (at::parallel_for) stays in device.cpp,
+//   compiled for the baseline ISA.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "../cells/all.h"
+
+namespace fastlstm {
+namespace cpu {
+
+template <class Pass, typename S>
+using RowsFn = void (*)(const typename Pass::template Args<S>&, int64_t b0, int64_t b1, int64_t H);
+
+// y[r] += dot(w[r, :], x) for rows r in [r0, r1): w [R,K] row-major, x [K], y [R]; float32/float64 only.
+// The recurrent product of a batch-1 step, where a GEMM call's fixed cost is larger than the work.
+using GemvRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t r0, int64_t r1,
+                            int64_t K);
+// y[c] = sum_r a[r] * w[r, c] for columns c in [c0, c1): w [R,C] row-major, a [R], y [C]; float32/float64.
+using GemvTRowsFn = void (*)(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_t c0, int64_t c1,
+                             int64_t R, int64_t C);
+struct GemvKernels {
+  GemvRowsFn gemv;
+  GemvTRowsFn gemv_t;
+  const char* isa;  // "DEFAULT", "AVX2" or "AVX512"
+};
+
+#define FASTLSTM_DECLARE_ISA(NS)                                                                    \
+  namespace NS {                                                                                    \
+  template <class Pass, typename S>                                                                 \
+  void rows(const typename Pass::template Args<S>& a, int64_t b0, int64_t b1, int64_t H);           \
+  GemvKernels gemv_kernels();                                                                       \
+  }
+FASTLSTM_DECLARE_ISA(isa_DEFAULT)
+FASTLSTM_DECLARE_ISA(isa_AVX2)
+FASTLSTM_DECLARE_ISA(isa_AVX512)
+#undef FASTLSTM_DECLARE_ISA
+
+}  // namespace cpu
+}  // namespace fastlstm

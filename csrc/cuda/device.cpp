@@ -1,0 +1,104 @@
+// The CUDA device of the layer driver (csrc/layer.h): the thin adapter between ATen and the framework-free
+// kernels (launch.h, kernels.cu). The driver runs the GEMMs through ATen (cuBLAS, on the current stream) and
+// the step loop; this file supplies how a pass is launched, the device guard, the current stream and the
+// dtype mapping. Nothing here synchronises the host, so forward and backward can be captured in a CUDA
+// graph. Registers every cell's ops for CUDA.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "../cells/ops.h"
+#include "dispatch.h"
+#include "launch.h"
+
+namespace fastlstm {
+namespace gpu {
+
+struct CudaDevice {
+  static void check_dtype(const Check& chk, const Tensor& input) {
+    const auto t = input.scalar_type();
+    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
+      chk.fail("input", "must be float32, float64, bfloat16 or float16 on CUDA, got " + std::string(c10::toString(t)));
+    }
+  }
+
+  // One op call's scope: the input's device, and float32 GEMMs that follow torch.backends.cudnn.allow_tf32,
+  // the flag nn.LSTM's cuDNN path follows (on by default), not torch.backends.cuda.matmul.allow_tf32, so a
+  // user sees the same precision and speed trade-off as with nn.LSTM.
+  struct Call {
+    c10::cuda::CUDAGuard guard;
+    bool restore = false, saved = false;
+    Call(const Tensor& input, int64_t) : guard(input.device()) {
+      if (input.scalar_type() == at::kFloat) {
+        auto& ctx = at::globalContext();
+        saved = ctx.allowTF32CuBLAS();
+        const bool want = ctx.allowTF32CuDNN();
+        if (want != saved) {
+          ctx.setAllowTF32CuBLAS(want);
+          restore = true;
+        }
+      }
+    }
+    ~Call() {
+      if (restore) at::globalContext().setAllowTF32CuBLAS(saved);
+    }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+  };
+
+  template <class Pass, class Make>
+  static void run(const Tensor& like, int64_t rows, int64_t H, const Make& make) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(like.device().index()).stream();
+    dispatch_storage(like.scalar_type(), "fastlstm", [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      const cudaError_t err = launch<Pass, S>(make(tag), rows, H, stream);
+      C10_CUDA_CHECK(err);
+    });
+  }
+
+  // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]).
+  static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
+    if (bias.defined()) {
+      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
+    } else {
+      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
+    }
+  }
+
+  // The recurrent weight w [N, K]: out [B, N] (+)= h [B, K] @ w^T forward, out [B, K] (+)= dg [B, N] @ w
+  // backward, through cuBLAS.
+  class Recurrent {
+   public:
+    Recurrent(const Tensor& w, int64_t, int64_t) : w_(w) {}
+    void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
+      Tensor& o = const_cast<Tensor&>(out);
+      if (accumulate) {
+        o.addmm_(h, w_.t());
+      } else {
+        at::mm_out(o, h, w_.t());
+      }
+    }
+    void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
+      Tensor& o = const_cast<Tensor&>(out);
+      if (accumulate) {
+        o.addmm_(dg, w_);
+      } else {
+        at::mm_out(o, dg, w_);
+      }
+    }
+
+   private:
+    Tensor w_;
+  };
+};
+
+}  // namespace gpu
+
+TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) { register_cell_ops<gpu::CudaDevice>(m); }
+
+}  // namespace fastlstm

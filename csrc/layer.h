@@ -1,0 +1,561 @@
+// The one layer driver: any cell (csrc/cells/*_op.h) over a whole sequence, one layer in one direction,
+// written once against ATen and shared by every device. What is the same for every cell lives here: the
+// argument checks, the input projection for all steps in one GEMM (chunked in inference), the step loop
+// (forward or reversed), the recurrent product through the device's hooks, the packed-sequence masks, the
+// projection of h (proj_size), the backward step loop, and the weight-gradient GEMMs over all steps at once.
+// A cell supplies only what differs: its gate count, whether it carries a cell state c, whether its
+// recurrent product enters the gates before the pass (LSTM) or stays a separate operand (GRU's r * (...),
+// the layer norm of the recurrent term), what it saves, and its per-step passes (csrc/cells/*.h, written
+// once for every device). A device (csrc/cpu/device.cpp, csrc/cuda/device.cpp) supplies how a pass runs and
+// its recurrent GEMM hooks.
+//
+// Shapes (T steps, B batch, I input, H hidden, G gates per unit, P = proj_size or H; S the input dtype, A
+// its arithmetic type: float32 for half types, else S):
+//   input [T, B, I] time-major, h0 [B, P], c0 [B, H] (cells with c), w_ih [G*H, I], w_hh [G*H, P],
+//   b_ih, b_hh [G*H], w_hr [P, H] (proj_size only), lengths int64 [B] on the input's device: element b is
+//   active at step t iff t < lengths[b] (a padded PackedSequence; inactive steps keep the state and output 0).
+// Kept from the drivers this replaces because it measured well: StepSlices, the chunked inference
+// projection, the packed-weight hooks (now scoped to one call, so they can never serve stale weights).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <c10/util/Optional.h>
+
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cells/all.h"
+
+namespace fastlstm {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+inline at::ScalarType acc_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+inline bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+template <typename T>
+T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Argument checks: every argument of every op, before any memory is touched, with a message naming the op,
+// the argument, what was expected and what was given. The modules check user input with nn.LSTM's own
+// messages before any op runs; these guard direct calls of torch.ops.fastlstm.*.
+class Check {
+ public:
+  Check(const char* op, const Tensor& input) : op_(op), device_(input.device()), dtype_(input.scalar_type()) {}
+
+  const char* op() const { return op_; }
+
+  // A tensor of exactly `shape` (-1: any size there), of `dtype` (default: the input's), on the input's
+  // device, strided.
+  void operator()(const char* name, const Tensor& t, std::vector<int64_t> shape,
+                  std::optional<at::ScalarType> dtype = std::nullopt) const {
+    const at::ScalarType want = dtype.value_or(dtype_);
+    bool ok = t.defined() && t.layout() == at::kStrided && t.dim() == int64_t(shape.size()) &&
+              t.scalar_type() == want && t.device() == device_;
+    for (size_t k = 0; ok && k < shape.size(); ++k) ok = shape[k] < 0 || t.size(int64_t(k)) == shape[k];
+    if (!ok) fail(name, describe(shape, want, device_), t);
+  }
+  void optional(const char* name, const OptTensor& t, std::vector<int64_t> shape,
+                std::optional<at::ScalarType> dtype = std::nullopt) const {
+    if (defined(t)) (*this)(name, *t, std::move(shape), dtype);
+  }
+  [[noreturn]] void fail(const char* name, const std::string& expected, const Tensor& t) const {
+    TORCH_CHECK(false, "fastlstm::", op_, ": argument '", name, "' must be ", expected, ", got ",
+                      t.defined() ? describe(t) : std::string("an undefined tensor"));
+  }
+  [[noreturn]] void fail(const char* name, const std::string& what) const {
+    TORCH_CHECK(false, "fastlstm::", op_, ": argument '", name, "' ", what);
+  }
+
+  static std::string shape_str(const std::vector<int64_t>& shape) {
+    std::ostringstream s;
+    s << "[";
+    for (size_t k = 0; k < shape.size(); ++k) {
+      if (k) s << ", ";
+      if (shape[k] < 0) {
+        s << "*";
+      } else {
+        s << shape[k];
+      }
+    }
+    s << "]";
+    return s.str();
+  }
+  static std::string describe(const std::vector<int64_t>& shape, at::ScalarType dtype, at::Device device) {
+    std::ostringstream s;
+    s << "a " << c10::toString(dtype) << " tensor of shape " << shape_str(shape) << " on " << device;
+    return s.str();
+  }
+  static std::string describe(const Tensor& t) {
+    std::ostringstream s;
+    s << "a " << c10::toString(t.scalar_type()) << " tensor of shape " << t.sizes() << " on " << t.device();
+    if (t.layout() != at::kStrided) s << " with layout " << t.layout();
+    return s.str();
+  }
+
+ private:
+  const char* op_;
+  at::Device device_;
+  at::ScalarType dtype_;
+};
+
+// ------------------------------------------------------------------------------------------------------
+// Per-step slices buf[t] of a contiguous [T, ...] buffer without a select() per step (a dispatch and a
+// TensorImpl allocation each, which at B=1 cost as much as the step's GEMM): two view tensors made once and
+// moved by their storage offset, used in turn. A slice stays valid until the second call after the one
+// that returned it, which is all the step loops need (this step's slices and the previous step's one).
+class StepSlices {
+ public:
+  StepSlices() = default;
+  explicit StepSlices(const Tensor& buf) : buf_(buf) {
+    if (buf.defined() && buf.dim() > 0 && buf.size(0) > 0 && buf.is_contiguous()) {
+      for (auto& v : views_) v = buf.select(0, 0);
+      movable_ = views_[0].unsafeGetTensorImpl()->allow_tensor_metadata_change() &&
+                 views_[1].unsafeGetTensorImpl()->allow_tensor_metadata_change();
+    }
+  }
+  Tensor operator[](int64_t t) {
+    if (!buf_.defined()) return Tensor();
+    if (!movable_) return buf_.select(0, t);
+    Tensor& v = views_[next_];
+    next_ ^= 1;
+    v.unsafeGetTensorImpl()->set_storage_offset(buf_.storage_offset() + t * buf_.stride(0));
+    return v;
+  }
+
+ private:
+  Tensor buf_;
+  Tensor views_[2];
+  int next_ = 0;
+  bool movable_ = false;
+};
+
+// [T, B, 1] bool: element b active at step t.
+inline Tensor active_mask(const OptTensor& lengths, int64_t T) {
+  return (at::arange(T, lengths->options()).unsqueeze(1) < lengths->unsqueeze(0)).unsqueeze(-1);
+}
+
+// The state each step started from, [T, B, X]: `states` [T, B, X] (what each step ended with) shifted by one
+// step in the direction of processing, `init` [B, X] where there was no step before. With mask [T, B, 1],
+// an element whose previous step was inactive also starts from init: that happens only in reverse, at the
+// step after its end (outputs are zero at inactive steps, so the mask matters for h; cell states are held
+// through inactive steps and need none).
+inline Tensor step_start_states(const Tensor& states, const Tensor& init, const Tensor& mask, bool reverse) {
+  const int64_t T = states.size(0);
+  Tensor out = at::empty(states.sizes(), states.options());
+  if (T == 0) return out;
+  (reverse ? out[T - 1] : out[0]).copy_(init);
+  if (T == 1) return out;
+  if (reverse) {
+    out.narrow(0, 0, T - 1).copy_(states.narrow(0, 1, T - 1));
+  } else {
+    out.narrow(0, 1, T - 1).copy_(states.narrow(0, 0, T - 1));
+  }
+  if (mask.defined()) {
+    Tensor prev_active = at::zeros_like(mask);
+    if (reverse) {
+      prev_active.narrow(0, 0, T - 1).copy_(mask.narrow(0, 1, T - 1));
+    } else {
+      prev_active.narrow(0, 1, T - 1).copy_(mask.narrow(0, 0, T - 1));
+    }
+    out = at::where(prev_active, out, init.unsqueeze(0));
+  }
+  return out;
+}
+
+// out (+)= a @ b where `out` may be of a lower precision than a and b (bfloat16 gates, float32 cell
+// states): the product is then formed in a's precision and rounded once, on the add.
+inline void addmm_into(const Tensor& out, const Tensor& a, const Tensor& b) {
+  if (out.scalar_type() == a.scalar_type()) {
+    const_cast<Tensor&>(out).addmm_(a, b);
+  } else {
+    const_cast<Tensor&>(out).add_(at::mm(a, b));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// What every cell's op shares.
+struct LayerArgs {
+  Tensor input, h0, c0;  // c0 undefined for cells without a cell state
+  Tensor w_ih, w_hh;
+  OptTensor b_ih, b_hh, w_hr, lengths;
+  bool reverse = false;
+};
+
+struct Dims {
+  int64_t T, B, I, H, G, P;  // G = gates * H
+};
+
+// Defaults of the optional parts of a cell; a cell inherits them and hides what it does differently.
+struct CellBase {
+  static constexpr bool kHasC = true;
+  static constexpr bool kSeparateRec = false;
+  static constexpr bool kHasProj = false;
+  static constexpr bool kNeedsHPrev = false;  // backward_step reads h_{t-1}
+  static constexpr bool kDirectDh = false;    // backward_step writes a part of dh_{t-1} itself (dh_prev)
+  struct Params {};
+  struct SavedIn {};  // what backward gets of Saved
+  struct Saved {
+    static Saved alloc(const Dims&, const at::TensorOptions&, bool) { return {}; }
+  };
+  struct Grads {
+    static Grads alloc(const Dims&, const at::TensorOptions&) { return {}; }
+  };
+  template <class ParamsT>
+  static void check_params(const Check&, const Dims&, const ParamsT&) {}
+  template <class SavedInT>
+  static void check_saved(const Check&, const Dims&, const SavedInT&) {}
+  // Cell-specific per-step gradients to zero where rows are inactive (`off` [B, 1] bool).
+  template <class StepT>
+  static void mask_step(const StepT&, const Tensor&) {}
+  // The unprojected hidden states [T, B, H] from what was saved (cells with proj_size only).
+  template <class SavedInT, class ParamsT>
+  static Tensor hidden_states(const Tensor&, const Tensor&, const SavedInT&, const ParamsT&) {
+    TORCH_CHECK(false, "fastlstm: this cell has no projection");
+  }
+  // The bias added in the input-projection GEMM, [G]: both biases, by default.
+  template <class ParamsT>
+  static Tensor input_bias(const LayerArgs& a, const ParamsT&) {
+    if (defined(a.b_ih) && defined(a.b_hh)) return at::add(*a.b_ih, *a.b_hh);
+    if (defined(a.b_ih)) return *a.b_ih;
+    if (defined(a.b_hh)) return *a.b_hh;
+    return Tensor();
+  }
+  // After the input projection of steps [t_lo, t_lo + n) into g2d [n*B, G]: nothing, by default.
+  template <class Dev, class SavedT, class ParamsT>
+  static void project_epilogue(const Tensor&, SavedT&, int64_t, int64_t, const ParamsT&) {}
+  // The gradient of the projection x W_ih^T from that of the gates' input term dgx [T, B, G]: the same.
+  template <class Dev, class SavedT, class GradsT, class ParamsT>
+  static Tensor input_term_grad(const Tensor& dgx, const SavedT&, GradsT&, const ParamsT&) {
+    return dgx;
+  }
+};
+
+// One forward step's operands (slices at step t; undefined where the cell has none).
+template <class Cell>
+struct ForwardStep {
+  Tensor gates;   // [B, G] S: the step's input term (+ the recurrent product unless kSeparateRec)
+  Tensor rec;     // [B, G] S: h_{t-1} W_hh^T (kSeparateRec only)
+  Tensor h_prev;  // [B, P] S
+  Tensor c_prev;  // [B, H] A
+  Tensor c;       // [B, H] A out
+  Tensor h;       // [B, H] S out: the new (unprojected) hidden state
+  int64_t t, s;   // the step and its position in processing order
+  typename Cell::Saved* saved;
+  const typename Cell::Params* params;
+};
+
+// One backward step's operands.
+template <class Cell>
+struct BackwardStep {
+  Tensor gates;    // [B, G] S as saved (activated)
+  Tensor c;        // [B, H] A this step's cell state
+  Tensor c_prev;   // [B, H] A
+  Tensor h_prev;   // [B, P] S (kNeedsHPrev only)
+  Tensor dh;       // [B, H] S: the whole gradient reaching the (unprojected) h_t
+  Tensor dc;       // [B, H] A: the gradient reaching c_t from the step after
+  Tensor dgx;      // [B, G] S out: gradient of the gates' input term
+  Tensor dgh;      // [B, G] S out: gradient of h_{t-1} W_hh^T (the same tensor as dgx unless kSeparateRec)
+  Tensor dc_prev;  // [B, H] A out
+  Tensor dh_prev;  // [B, P] S out, or undefined: a part of dh_{t-1} that bypasses the recurrent GEMM
+  int64_t t;
+  const typename Cell::SavedIn* saved;
+  typename Cell::Grads* grads;
+  const typename Cell::Params* params;
+};
+
+// Checks the arguments every cell has; returns the dimensions. `proj` allows w_hr.
+template <class Cell>
+Dims check_layer(const Check& chk, const LayerArgs& a) {
+  const Tensor& x = a.input;
+  if (!(x.defined() && x.layout() == at::kStrided && x.dim() == 3)) {
+    chk.fail("input", "a 3-D tensor [T, B, I] (strided)", x);
+  }
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  const int64_t g = Cell::kGates;
+  if (!(a.w_ih.defined() && a.w_ih.dim() == 2 && a.w_ih.size(0) > 0 && a.w_ih.size(0) % g == 0)) {
+    chk.fail("w_ih", std::string("a 2-D tensor [") + std::to_string(g) + "H, " + std::to_string(I) +
+                         "] with H > 0", a.w_ih);
+  }
+  const int64_t G = a.w_ih.size(0), H = G / g;
+  chk("w_ih", a.w_ih, {G, I});
+  if (defined(a.w_hr) && !Cell::kHasProj) chk.fail("w_hr", "is not an argument of this cell");
+  const int64_t P = defined(a.w_hr) ? a.w_hr->size(0) : H;
+  chk.optional("w_hr", a.w_hr, {-1, H});
+  if (defined(a.w_hr) && P <= 0) chk.fail("w_hr", "must have proj_size > 0 rows, got [0, " + std::to_string(H) + "]");
+  chk("w_hh", a.w_hh, {G, P});
+  chk.optional("b_ih", a.b_ih, {G});
+  chk.optional("b_hh", a.b_hh, {G});
+  chk("h0", a.h0, {B, P});
+  if (Cell::kHasC) chk("c0", a.c0, {B, H});
+  chk.optional("lengths", a.lengths, {B}, at::kLong);
+  return Dims{T, B, I, H, G, P};
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Forward over the whole sequence. Returns output [T, B, P], h_n [B, P], c_n [B, H] (undefined without c),
+// and with training the saved gates [T, B, G] (activated), cells [T, B, H] A and the cell's Saved.
+template <class Cell>
+struct ForwardResult {
+  Tensor output, h_n, c_n, gates, cells;
+  typename Cell::Saved saved;
+};
+
+template <class Cell, class Dev>
+ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const typename Cell::Params& params,
+                                  bool training) {
+  // The ATen calls below are the op's internals, never recorded by autograd (the op's gradient is its
+  // backward op), even when the op is called directly on tensors that require grad.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Dims d = check_layer<Cell>(chk, a);
+  Cell::check_params(chk, d, params);
+  Dev::check_dtype(chk, a.input);
+  const typename Dev::Call call(a.input, d.T);
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = d.G, P = d.P;
+  const bool proj = defined(a.w_hr);
+  const auto acc = acc_type(a.input.scalar_type());
+  const auto opts = a.input.options();
+
+  // 1. The input projection in one GEMM with the cell's bias folded in. In training the [T, B, G] buffer is
+  //    then activated in place step by step and ends up holding the gates backward needs. Inference saves
+  //    nothing, so it projects `chunk` steps at a time into one reused buffer of at most 2M elements (8 MiB
+  //    in float32): memory (and first-touching fresh pages) no longer grows with T, while each GEMM stays
+  //    tall enough to run near peak (1 MiB chunks measured slower than one projection at B=32, H=512).
+  const int64_t chunk =
+      training ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 21) / std::max<int64_t>(1, B * G)));
+  Tensor gates = at::empty({chunk, B, G}, opts);
+  typename Cell::Saved saved = Cell::Saved::alloc(d, opts, training);
+  const Tensor bias = Cell::input_bias(a, params);
+  auto project = [&](int64_t t_lo, int64_t n) {  // steps [t_lo, t_lo + n) into gates[0, n)
+    if (n * B == 0) return;
+    Tensor x2d = a.input.narrow(0, t_lo, n).reshape({n * B, I});
+    Tensor g2d = gates.narrow(0, 0, n).view({n * B, G});
+    Dev::input_mm(g2d, x2d, a.w_ih, bias);
+    Cell::template project_epilogue<Dev>(g2d, saved, t_lo, n, params);
+  };
+
+  Tensor output = at::empty({T, B, P}, opts);
+  Tensor cells = Cell::kHasC ? at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc)) : Tensor();
+  Tensor hraw = proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor rec = Cell::kSeparateRec ? at::empty({B, G}, opts) : Tensor();
+  const Tensor mask = defined(a.lengths) ? active_mask(a.lengths, T) : Tensor();  // [T, B, 1]
+  const typename Dev::Recurrent w_hh(a.w_hh, B, T);
+
+  Tensor h_prev = a.h0.contiguous();
+  Tensor c_prev = Cell::kHasC ? a.c0.to(acc).contiguous() : Tensor();
+  StepSlices gates_at(gates), cells_at(cells), output_at(output);
+  ForwardStep<Cell> st;
+  st.rec = rec;
+  st.saved = &saved;
+  st.params = &params;
+  int64_t t_lo = 0;  // the first step held in `gates`
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = a.reverse ? T - 1 - s : s;
+    if (s % chunk == 0) {
+      const int64_t n = std::min(chunk, T - s);
+      t_lo = a.reverse ? T - s - n : s;
+      project(t_lo, n);
+    }
+    st.gates = gates_at[t - t_lo];
+    // 2. The recurrent product, into the step's slice of the projection or into its own buffer.
+    w_hh.forward(Cell::kSeparateRec ? rec : st.gates, h_prev, /*accumulate=*/!Cell::kSeparateRec);
+    Tensor out_t = output_at[t];
+    st.h_prev = h_prev;
+    st.c_prev = c_prev;
+    st.c = Cell::kHasC ? cells_at[training ? t : s % 2] : Tensor();
+    st.h = proj ? hraw : out_t;
+    st.t = t;
+    st.s = s;
+    Cell::template forward_step<Dev>(st);
+    if (proj) at::mm_out(out_t, hraw, a.w_hr->t());
+    if (mask.defined()) {
+      // Inactive elements keep their state and emit zeros, as a packed sequence would.
+      const Tensor m = mask[t];
+      if (Cell::kHasC) st.c.copy_(at::where(m, st.c, c_prev));
+      Tensor h_state = at::where(m, out_t, h_prev);
+      out_t.masked_fill_(m.logical_not(), 0);
+      h_prev = h_state;
+    } else {
+      h_prev = out_t;
+    }
+    c_prev = st.c;
+  }
+  // Outputs of a custom op may not alias each other or the inputs: copy the final state out.
+  ForwardResult<Cell> r;
+  r.output = output;
+  r.h_n = h_prev.clone();
+  if (Cell::kHasC) r.c_n = c_prev.to(a.input.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  if (training) {
+    r.gates = gates;
+    r.cells = cells;
+    r.saved = std::move(saved);
+  }
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Backward over the whole sequence, from what the forward saved.
+template <class Cell>
+struct BackwardResult {
+  Tensor grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr;
+  Tensor dgx;         // [T, B, G] the gradient of the gates' input term (masked)
+  Tensor dgh;         // [T, B, G] of the recurrent product (== dgx unless kSeparateRec)
+  Tensor c_prev_all;  // [T, B, H] A: the cell state each step started from (cells with c)
+  typename Cell::Grads grads;
+};
+
+// grad_output [T, B, P], grad_h_n [B, P], grad_c_n [B, H] (cells with c); output [T, B, P], gates
+// [T, B, G], cells [T, B, H] A as the forward returned them.
+template <class Cell, class Dev>
+BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const typename Cell::Params& params,
+                                    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                                    const Tensor& output, const Tensor& gates_in, const Tensor& cells_in,
+                                    const typename Cell::SavedIn& saved) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in layer_forward
+  const Dims d = check_layer<Cell>(chk, a);
+  Cell::check_params(chk, d, params);
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = d.G, P = d.P;
+  // The passes index every saved tensor as dense rows: a wrong shape, dtype or device in a direct call would
+  // read out of bounds, so all are checked, and made contiguous.
+  const auto dtype = a.input.scalar_type();
+  const auto acc = acc_type(dtype);
+  chk("grad_output", grad_output, {T, B, P});
+  chk("grad_h_n", grad_h_n, {B, P});
+  if (Cell::kHasC) chk("grad_c_n", grad_c_n, {B, H});
+  chk("output", output, {T, B, P});
+  chk("gates", gates_in, {T, B, G});
+  if (Cell::kHasC) chk("cells", cells_in, {T, B, H}, acc);
+  Cell::check_saved(chk, d, saved);
+  Dev::check_dtype(chk, a.input);
+  const typename Dev::Call call(a.input, T);
+  const bool proj = defined(a.w_hr);
+  const auto opts = a.input.options();
+  const Tensor gates = gates_in.contiguous();
+  const Tensor cells = Cell::kHasC ? cells_in.contiguous() : Tensor();
+  const Tensor out = output.contiguous();
+  const Tensor gout = grad_output.contiguous();
+  const Tensor mask = defined(a.lengths) ? active_mask(a.lengths, T) : Tensor();  // [T, B, 1]
+
+  BackwardResult<Cell> r;
+  r.grads = Cell::Grads::alloc(d, opts);
+  Tensor dgx = at::empty({T, B, G}, opts);
+  Tensor dgh = Cell::kSeparateRec ? at::empty({T, B, G}, opts) : dgx;
+  // h_{t-1} for every step, when the cell needs it or the mask makes the shifted outputs wrong for it.
+  Tensor h_prev_all;
+  if (Cell::kNeedsHPrev || mask.defined()) h_prev_all = step_start_states(out, a.h0, mask, a.reverse).contiguous();
+  // The unprojected hidden states, needed only for grad_w_hr: recomputed from the saved gates and cells.
+  Tensor hraw_all, dh_all;
+  if (proj) {
+    hraw_all = Cell::hidden_states(gates, cells, saved, params);
+    dh_all = at::empty({T, B, P}, opts);
+  }
+  Tensor dhraw = proj ? at::empty({B, H}, opts) : Tensor();
+  const Tensor c0_acc = Cell::kHasC ? a.c0.to(acc).contiguous() : Tensor();
+
+  // Buffers allocated once, not per step: dh_t (the whole gradient reaching h_t) and dh_rec (what reaches
+  // h_{t-1} through the recurrence).
+  Tensor dh = grad_h_n.contiguous();
+  Tensor dh_t = at::empty({B, P}, opts);
+  Tensor dh_rec[2] = {at::empty({B, P}, opts), at::empty({B, P}, opts)};
+  Tensor dc = Cell::kHasC ? grad_c_n.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous() : Tensor();
+  Tensor dc_prev = Cell::kHasC ? at::empty({B, H}, opts.dtype(acc)) : Tensor();
+  const typename Dev::Recurrent w_hh(a.w_hh, B, T);
+  StepSlices gout_at(gout), gates_at(gates), cells_at(cells), dgx_at(dgx), dgh_at(dgh), hprev_at(h_prev_all);
+  BackwardStep<Cell> st;
+  st.saved = &saved;
+  st.grads = &r.grads;
+  st.params = &params;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = a.reverse ? T - 1 - s : s;
+    at::add_out(dh_t, dh, gout_at[t]);
+    if (proj) {
+      dh_all[t].copy_(dh_t);
+      at::mm_out(dhraw, dh_t, *a.w_hr);
+    }
+    Tensor dh_next = dh_rec[s % 2];
+    st.gates = gates_at[t];
+    if (Cell::kHasC) {
+      st.c = cells_at[t];
+      st.c_prev = s > 0 ? cells_at[a.reverse ? t + 1 : t - 1] : c0_acc;
+    }
+    st.h_prev = Cell::kNeedsHPrev ? hprev_at[t] : Tensor();
+    st.dh = proj ? dhraw : dh_t;
+    st.dc = dc;
+    st.dgx = dgx_at[t];
+    st.dgh = Cell::kSeparateRec ? dgh_at[t] : st.dgx;
+    st.dc_prev = dc_prev;
+    st.dh_prev = Cell::kDirectDh ? dh_next : Tensor();
+    st.t = t;
+    Cell::template backward_step<Dev>(st);
+    // What reaches h_{t-1} through the recurrence (plus the cell's direct part, already in dh_next).
+    w_hh.backward(dh_next, st.dgh, /*accumulate=*/Cell::kDirectDh);
+    if (mask.defined()) {
+      // An inactive element passes its state's gradients through unchanged and feeds no weight; its output
+      // there is a constant zero, so grad_output at that step reaches nothing (dh, not dh_t, is carried).
+      const Tensor m = mask[t];
+      const Tensor off = m.logical_not();
+      st.dgx.masked_fill_(off, 0);
+      if (Cell::kSeparateRec) st.dgh.masked_fill_(off, 0);
+      if (Cell::kHasC) dc_prev.copy_(at::where(m, dc_prev, dc));
+      Cell::mask_step(st, off);
+      // dh_next was formed from the unmasked gradients: rebuild it for the inactive rows.
+      dh_next.copy_(at::where(m, dh_next, dh));
+    }
+    dh = dh_next;
+    if (Cell::kHasC) std::swap(dc, dc_prev);
+  }
+  if (Cell::kHasC) r.grad_c0 = dc.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+  r.grad_h0 = dh.clone();
+
+  // 3. Everything that does not feed the recurrence: a few GEMMs over all steps at once.
+  const Tensor dproj = Cell::template input_term_grad<Dev>(dgx, saved, r.grads, params);
+  const Tensor dp2 = dproj.view({T * B, G});
+  r.grad_input = at::mm(dp2, a.w_ih).view({T, B, I});
+  r.grad_w_ih = at::mm(dp2.t(), a.input.reshape({T * B, I}));
+  // grad_w_hh = sum_t dgh_t^T h_{t-1}. Unmasked, h_{t-1} is the previous step's output (h0 for the first):
+  // one GEMM over the T-1 shifted steps plus one for h0, with no [T, B, P] copy of the shifted outputs.
+  if (h_prev_all.defined()) {
+    r.grad_w_hh = at::mm(dgh.view({T * B, G}).t(), h_prev_all.view({T * B, P}));
+  } else if (T == 0) {
+    r.grad_w_hh = at::zeros({G, P}, opts);
+  } else {
+    const int64_t first = a.reverse ? T - 1 : 0;
+    r.grad_w_hh = at::mm(dgh[first].t(), a.h0);
+    if (T > 1) {
+      const Tensor dg_rest = dgh.narrow(0, a.reverse ? 0 : 1, T - 1).reshape({(T - 1) * B, G});
+      const Tensor h_rest = out.narrow(0, a.reverse ? 1 : 0, T - 1).reshape({(T - 1) * B, P});
+      r.grad_w_hh.addmm_(dg_rest.t(), h_rest);
+    }
+  }
+  // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.
+  if (proj && mask.defined()) dh_all.masked_fill_(mask.logical_not(), 0);
+  if (proj) r.grad_w_hr = at::mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}));
+  if (Cell::kHasC) r.c_prev_all = step_start_states(cells, c0_acc, Tensor(), a.reverse);
+  r.dgx = dgx;
+  r.dgh = dgh;
+  return r;
+}
+
+// The sum over steps and batch of a [T, B, X] gradient, accumulated in A, as [X] in S.
+inline Tensor sum_rows(const Tensor& g) {
+  return at::sum(g.reshape({-1, g.size(-1)}), {0}, /*keepdim=*/false, acc_type(g.scalar_type()))
+      .to(g.scalar_type());
+}
+
+}  // namespace fastlstm

@@ -1,0 +1,106 @@
+// The CPU harness of the CUDA kernels: a device for the layer driver (csrc/layer.h) that runs every pass the
+// way csrc/cuda/kernels.cu launches it — the same launch plan (gpu::plan_rows), the same executor and pass
+// code (gpu::run_block) for every block of the grid, thread by thread — on CPU tensors whose storage is
+// float, double, __half or __nv_bfloat16. Registered as torch.ops.fastlstm_harness.* with fastlstm's own
+// op schemas (csrc/schemas.h), so tests/test_cuda_harness.py runs whole layers of every cell forward and
+// backward through the GPU path's indexing, vector widths, alignment rules, row reductions and storage
+// conversions on machines without a GPU.
+//
+// Built by the test with torch.utils.cpp_extension.load (g++, -DFASTLSTM_HARNESS, the CUDA include dir).
+// set_plan(max_vec, launcher_min_blocks): the widest vector the plan may pick (1 forces the scalar
+// kernels) and whether it also applies the launcher's minimum block count (by default it does not, so that
+// small test shapes exercise the vector code); last_vec(): the width the last launch used.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../../csrc/cells/ops.h"
+#include "../../csrc/schemas.h"
+#include "../../csrc/cuda/dispatch.h"
+#include "../../csrc/cuda/row_kernel.cuh"
+
+namespace fastlstm {
+namespace harness {
+namespace {
+
+int g_max_vec = 16;
+int64_t g_min_blocks = 0;
+int64_t g_last_vec = 0;
+
+void set_plan(int64_t max_vec, bool launcher_min_blocks) {
+  TORCH_CHECK(max_vec == 1 || max_vec == 2 || max_vec == 4 || max_vec == 8 || max_vec == 16,
+              "set_plan: max_vec must be a power of two <= 16, got ", max_vec);
+  g_max_vec = int(max_vec);
+  g_min_blocks = launcher_min_blocks ? gpu::kMinBlocks : 0;
+}
+
+int64_t last_vec() { return g_last_vec; }
+
+struct HarnessDevice {
+  static void check_dtype(const Check& chk, const Tensor& input) {
+    const auto t = input.scalar_type();
+    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
+      chk.fail("input", "must be float32, float64, bfloat16 or float16, got " + std::string(c10::toString(t)));
+    }
+  }
+  struct Call {
+    Call(const Tensor&, int64_t) {}
+  };
+  // Every block of the grid the launcher would launch, in turn.
+  template <class Pass, class Make>
+  static void run(const Tensor& like, int64_t rows, int64_t H, const Make& make) {
+    if (rows <= 0 || H <= 0) return;
+    gpu::dispatch_storage(like.scalar_type(), "fastlstm_harness", [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      const auto a = make(tag);
+      const gpu::RowPlan p = gpu::plan_rows<Pass, S>(a, rows, H, g_max_vec, g_min_blocks);
+      g_last_vec = p.vec;
+      gpu::dispatch_vec<S>(p.vec, [&](auto v) {
+        for (int64_t b = 0; b < rows; ++b) {
+          for (int64_t y = 0; y < p.slices; ++y) {
+            gpu::run_block<Pass, S, decltype(v)::value>(a, H, p.slice, b, y, p.threads, nullptr);
+          }
+        }
+      });
+    });
+  }
+  static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
+    if (bias.defined()) {
+      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
+    } else {
+      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
+    }
+  }
+  class Recurrent {
+   public:
+    Recurrent(const Tensor& w, int64_t, int64_t) : w_(w) {}
+    void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
+      if (accumulate) {
+        const_cast<Tensor&>(out).addmm_(h, w_.t());
+      } else {
+        at::mm_out(const_cast<Tensor&>(out), h, w_.t());
+      }
+    }
+    void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
+      if (accumulate) {
+        const_cast<Tensor&>(out).addmm_(dg, w_);
+      } else {
+        at::mm_out(const_cast<Tensor&>(out), dg, w_);
+      }
+    }
+
+   private:
+    Tensor w_;
+  };
+};
+
+}  // namespace
+}  // namespace harness
+}  // namespace fastlstm
+
+TORCH_LIBRARY(fastlstm_harness, m) {
+  FASTLSTM_DEFINE_SCHEMAS(m)
+  m.def("set_plan(int max_vec, bool launcher_min_blocks) -> ()", &fastlstm::harness::set_plan);
+  m.def("last_vec() -> int", &fastlstm::harness::last_vec);
+}
+
+TORCH_LIBRARY_IMPL(fastlstm_harness, CPU, m) { fastlstm::register_cell_ops<fastlstm::harness::HarnessDevice>(m); }
