@@ -18,8 +18,9 @@ from torch import nn
 import fastlstm
 from fastlstm import export as fexport
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx", reason="onnx not installed (a test extra: pip install -e '.[test]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (a test extra)")
+pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's dynamo exporter needs it) not installed")
 
 ATOL = 1e-5  # float32; fastlstm's kernels and onnxruntime's differ by rounding only
 EXPORTERS = ["torchscript", "dynamo"]
