@@ -47,13 +47,18 @@ def module_classes() -> list[type]:
 
 
 def safe_globals() -> list:
-    """What register_safe_globals passes to torch.serialization.add_safe_globals: each module class under
-    its current path, and as (class, path) under each path older checkpoints name it by."""
+    """What register_safe_globals passes to torch.serialization.add_safe_globals: each module class, and
+    (class, path) for its current path and each path older checkpoints name it by.
+
+    The (class, current path) entry duplicates the bare class on purpose: leaving a
+    ``with torch.serialization.safe_globals([fastlstm.FastLSTM]):`` block removes the bare class from
+    torch's allowlist (torch 2.13 removes exactly what the block added, even if it was there before), and
+    plain torch.load would then refuse FastLSTM for the rest of the process; the tuple survives that."""
     entries: list = []
     for cls in module_classes():
         entries.append(cls)
         current = f"{cls.__module__}.{cls.__qualname__}"
-        entries += [(cls, path) for path in _SAVED_UNDER.get(cls.__name__, ()) if path != current]
+        entries += [(cls, path) for path in dict.fromkeys((current, *_SAVED_UNDER.get(cls.__name__, ())))]
     return entries
 
 

@@ -153,6 +153,20 @@ def test_allowlisting_nn_lstm_still_suffices_after_the_swap():
     assert type(loaded.rnn) is fastlstm.FastLSTM
 
 
+def test_a_safe_globals_block_naming_fastlstm_classes_does_not_unregister_them():
+    # Regression: torch.serialization.safe_globals removes on exit exactly what it was given, even what
+    # was registered before, so a user block naming fastlstm.FastLSTM used to leave plain torch.load
+    # refusing FastLSTM for the rest of the process.
+    m = fastlstm.FastLSTM(3, 4)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    for _ in range(2):
+        buf.seek(0)
+        with torch.serialization.safe_globals([fastlstm.FastLSTM, fastlstm.FastGRU, fastlstm.PeepholeLSTM]):
+            torch.load(buf)
+    assert type(_roundtrip(m)) is fastlstm.FastLSTM
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("torch_cls,fast_cls", [(nn.LSTM, fastlstm.FastLSTM), (nn.GRU, fastlstm.FastGRU)])
 def test_state_dict_moves_between_torch_and_fastlstm_through_a_file(torch_cls, fast_cls, device):
