@@ -137,14 +137,14 @@ def _node(op: str, inputs: list, attrs: dict, n_out: int, shapes: list):
 
 
 def _layer(module, kind: str, x: Tensor, states: list[Tensor], ps: list[tuple]):
-    """One layer (both directions) as one ONNX node: x [T, B, I], states [D, B, H] each ->
-    (Y [T, D, B, H], final states [D, B, H] each)."""
+    """One layer, both directions, as one ONNX LSTM/GRU node (full peepholes: a Scan loop per direction):
+    x [T, B, I], states [D, B, H] each -> (Y [T, D, B, H], final states [D, B, H] each)."""
+    if kind == "peephole_full":
+        return _full_peephole_layer(module, x, states, ps)
     H = module.hidden_size
     D = len(ps)
     direction = "bidirectional" if D == 2 else "forward"
     T, N = x.shape[0], x.shape[1]
-    if kind == "peephole_full":
-        return _full_peephole_layer(module, x, states, ps)
     order = _zrh if kind == "gru" else _iofc
     W = torch.stack([order(p[0]) for p in ps])
     R = torch.stack([order(p[1]) for p in ps])
