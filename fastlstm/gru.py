@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
+from . import export  # ONNX export hook (fastlstm/export.py)
 from .functional import stacked
 from .modules import _CPU_DTYPES, FastLSTM, _c10_name, _lengths_from_batch_sizes, _warn_once
 
@@ -158,6 +159,8 @@ class FastGRU(nn.GRU):
         return dev != "cpu" or input.dtype in _CPU_DTYPES
 
     def forward(self, input, hx=None):  # noqa: C901  (mirrors nn.GRU.forward step by step)
+        if export.is_onnx_exporting():  # ONNX export hook: the standard ONNX operator, not fastlstm's ops
+            return export.forward(self, input, hx)
         self._update_flat_weights()
         orig_input = input
         num_directions = 2 if self.bidirectional else 1

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional
+from . import export  # ONNX export hook (fastlstm/export.py)
 from .ops import lstm_layer
 
 _warned: set = set()
@@ -163,6 +164,8 @@ class FastLSTM(nn.LSTM):
                                    f"{_c10_name(input.dtype)} and hidden tensor with {_c10_name(h.dtype)}")
 
     def forward(self, input, hx=None):  # noqa: C901  (mirrors nn.LSTM.forward step by step)
+        if export.is_onnx_exporting():  # ONNX export hook: the standard ONNX operator, not fastlstm's ops
+            return export.forward(self, input, hx)
         if type(input) is Tensor:
             result = self._forward_lean(input, hx)
             if result is not None:
