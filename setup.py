@@ -81,7 +81,7 @@ setup(
     # torch is deliberately not in install_requires: a resolver would otherwise be free to pull a different
     # (multi-GB CUDA) build over the one the extension is compiled against. See README.
     install_requires=["packaging"],
-    extras_require={"bench": ["matplotlib", "tqdm"], "charrnn": ["tqdm", "matplotlib"], "test": ["pytest"]},
+    extras_require={"bench": ["matplotlib", "tqdm"], "charrnn": ["tqdm", "matplotlib"], "test": ["pytest", "onnx", "onnxruntime", "onnxscript"]},
     entry_points={
         "console_scripts": [
             "fastlstm-bench=fastlstm.bench:main",

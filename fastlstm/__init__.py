@@ -21,3 +21,8 @@ from .rnn import has_kernels  # noqa: E402
 __version__ = "0.1.0"
 __all__ = ["FastLSTM", "FastGRU", "PeepholeLSTM", "LayerNormLSTM", "convert", "lstm", "lstm_layer", "gru",
            "gru_layer", "peephole_layer", "layernorm_lstm_layer", "has_kernels"]
+
+# Issue 15: whole saved models holding fastlstm modules load under torch.load(weights_only=True).
+from .serialization import register_safe_globals  # noqa: E402
+
+register_safe_globals()

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import ops
+from . import export, ops
 from .functional import stacked
 
 _warned: set = set()
@@ -228,6 +228,8 @@ class RNNEngine:
         return hx.unsqueeze(1)
 
     def forward(self, input, hx=None):
+        if export.is_onnx_exporting():  # ONNX export: the standard ONNX operator, not fastlstm's ops
+            return export.forward(self, input, hx)
         if type(input) is Tensor and not torch.compiler.is_compiling():
             result = self._forward_lean(input, hx)
             if result is not None:
@@ -465,7 +467,9 @@ class CustomRNNBase(RNNEngine, nn.Module):
         the subclass's __init__ once its own configuration is set."""
         D = 2 if self.bidirectional else 1
         kw = self.__dict__.pop("_factory")
-        self._flat_weights_names: list[str] = []
+        # Stored as _param_names, the name PeepholeLSTM has always pickled it under (fastlstm 0.1.0
+        # checkpoints hold it); _flat_weights_names, nn.RNNBase's name for it, reads the same list.
+        self._param_names: list[str] = []
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.hidden_size * D
             shapes = self._param_shapes(layer_input)
@@ -474,7 +478,7 @@ class CustomRNNBase(RNNEngine, nn.Module):
                 for name, flag in self.cell.params:
                     if flag is None or getattr(self, flag):
                         self.register_parameter(name + sfx, nn.Parameter(torch.empty(shapes[name], **kw)))
-                        self._flat_weights_names.append(name + sfx)
+                        self._param_names.append(name + sfx)
         self.reset_parameters()
 
     def _uniform_(self, *tensors) -> None:
@@ -484,8 +488,8 @@ class CustomRNNBase(RNNEngine, nn.Module):
             init.uniform_(p, -stdv, stdv)
 
     @property
-    def _param_names(self) -> list[str]:
-        return self._flat_weights_names
+    def _flat_weights_names(self) -> list[str]:
+        return self._param_names
 
     @property
     def _flat_weights(self) -> list[Tensor]:

@@ -3,7 +3,7 @@
 For each configuration and dtype: the largest absolute difference, over the outputs (output, h_n, c_n)
 and over every gradient (input, h0, c0, all parameters), between fastlstm and nn.LSTM (cuDNN on CUDA, TF32 off),
 and of each against the float64 oracle (fastlstm.reference.lstm_ref on the same rounded inputs).
-Usage: python scripts/gpu_parity.py [--device cuda]
+Usage: python3 scripts/gpu_parity.py [--device cuda] [--md PATH]   (the table on stdout, and in PATH)
 """
 import argparse
 import sys
@@ -49,19 +49,27 @@ def errors(cfg, dtype):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--md", metavar="PATH", help="also write the table to PATH (rewritten after every row)")
     args = ap.parse_args()
     test_cuda.DEV = args.device
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    print("| config | dtype | out: fast−nn.LSTM | out: fast−fp64 | out: nn.LSTM−fp64 | grad: fast−nn.LSTM "
-          "| grad: fast−fp64 | grad: nn.LSTM−fp64 |")
-    print("|---|---|" + "---:|" * 6)
+    lines = ["| config | dtype | out: fast−nn.LSTM | out: fast−fp64 | out: nn.LSTM−fp64 | grad: fast−nn.LSTM "
+             "| grad: fast−fp64 | grad: nn.LSTM−fp64 |", "|---|---|" + "---:|" * 6]
+
+    def emit(line):
+        lines.append(line)
+        print(line, flush=True)
+        if args.md:
+            Path(args.md).write_text("\n".join(lines) + "\n")
+
+    print("\n".join(lines))
     for name in ("one_layer", "stacked_bidirectional", "proj"):
         for dtype in DTYPES:
             e = errors(test_cuda.CONFIGS[name], dtype)
-            print(f"| {name} | {str(dtype).replace('torch.', '')} | " + " | ".join(f"{v:.2e}" for v in e) + " |")
-    print(f"\nmax |difference| over all elements; device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "") + ".")
+            emit(f"| {name} | {str(dtype).replace('torch.', '')} | " + " | ".join(f"{v:.2e}" for v in e) + " |")
+    emit(f"\nmax |difference| over all elements; device {args.device}"
+         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "") + "; TF32 off.")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Shared test configuration: devices, and the tolerances, stated once per dtype."""
+import contextlib
+import os
+
 import pytest
 import torch
 
 import fastlstm
+from cuda_paths import persistent_status, set_persistent
 
 # Absolute/relative tolerances against nn.LSTM (or lstm_ref) for outputs and gradients, per dtype.
 # float32: a few ulps accumulated over T steps and GEMM reductions of ~I+H terms.
@@ -27,6 +31,50 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_REASON)),
 ]
+
+
+# Which CUDA path the run tests: FASTLSTM_CUDA_PERSISTENT=1 in the environment asks for the persistent fused
+# kernel (scripts/gpu_check.sh runs the CUDA tests once without and once with it). Applied once here, so the
+# Python switch, where fastlstm has one, agrees with the variable.
+if os.environ.get("FASTLSTM_CUDA_PERSISTENT", "0") == "1":
+    set_persistent(True)
+
+
+def pytest_report_header(config):
+    return f"fastlstm CUDA path: {persistent_status()}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (scripts/gpu_check.sh runs `-m cuda`)")
+
+
+def _needs_cuda(item) -> bool:
+    # A device parameter "cuda", a test in test_cuda.py, or "cuda" in the test's own name. The harness
+    # files only carry "cuda" in their file name: they run the kernels' code on the CPU.
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if any(isinstance(v, str) and v.startswith("cuda") for v in params.values()):
+        return True
+    module = getattr(getattr(item, "module", None), "__name__", "")
+    return module.rsplit(".", 1)[-1] == "test_cuda" or "cuda" in getattr(item, "originalname", item.name).lower()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _needs_cuda(item):
+            item.add_marker(pytest.mark.cuda)
+
+
+@contextlib.contextmanager
+def native_rnn_reference():
+    """nn.LSTM / nn.GRU as a reference through ATen's native kernels instead of cuDNN, where cuDNN itself
+    refuses the call ("cudnn RNN backward can only be called in training mode"): the test is about fastlstm,
+    and the native kernels compute the same function. Changes nothing on the CPU."""
+    old = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = old
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,12 @@
 """fastlstm's CUDA kernels on a GPU: parity with nn.LSTM (cuDNN) and with the CPU op, low-precision error,
-gradcheck, CUDA-graph capture, streams and devices. Every test here needs a CUDA device and a build with the
-CUDA kernels (conftest.HAS_CUDA); elsewhere they skip, and tests/test_cuda_harness.py runs the kernels'
+gradcheck, CUDA-graph capture, streams and devices; every cell at shapes that reach each vector width of the
+pointwise kernels; float32 following cuDNN's TF32 flag. Every test here needs a CUDA device and a build with
+the CUDA kernels (conftest.HAS_CUDA); elsewhere they skip, and tests/test_cuda_harness.py runs the kernels'
 per-element code on the CPU instead.
 """
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastlstm
-from conftest import HAS_CUDA, LOWP_FACTOR, LOWP_SLACK, NO_CUDA_REASON, TOL
+from conftest import HAS_CUDA, LOWP_FACTOR, LOWP_SLACK, NO_CUDA_REASON, TOL, record_error
 from fastlstm import FastLSTM
 from fastlstm.reference import lstm_ref, module_params
 
@@ -331,3 +334,338 @@ def test_backward_in_eval_mode():
     m.eval()
     res = run(m, x, hx, grads)
     assert all(torch.isfinite(v).all() for v in res.values())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Vector widths (issue 16 item 3). The launcher (plan_rows, csrc/cuda/row_kernel.cuh) takes the widest vector
+# of 16 bytes of storage type that divides H and suits the pointers' alignment, then, for map passes, halves
+# it while fewer than kMinBlocks blocks (row slices of kMapThreads threads) would run; so every small shape
+# above runs width 1. These shapes reach each width a storage type has (float64: 2; float32: 2, 4; half types:
+# 2, 4, 8), in every cell, for the training forward, its backward and the inference forward: each gives 192
+# blocks at its width and 96 at the next, so a minimum block count anywhere from 97 to 192 still picks it;
+# test_cuda_plan.py checks that arithmetic against the constants in csrc.
+
+WIDE_T, WIDE_I = 2, 32
+WIDE_SHAPES = {2: dict(B=96, H=512), 4: dict(B=96, H=1024), 8: dict(B=192, H=1024)}
+WIDE_CASES = [(torch.float64, 2), (torch.float32, 2), (torch.float32, 4)] + [
+    (dt, w) for dt in (torch.bfloat16, torch.float16) for w in (2, 4, 8)]
+
+
+def _find_oracle(*names):
+    """The first of `names` found in fastlstm.reference or in a module of fastlstm.cells (where a cell's
+    oracle may live beside it), else None."""
+    import importlib
+    import pkgutil
+
+    import fastlstm.reference as ref_mod
+    mods = [ref_mod]
+    try:
+        cells = importlib.import_module("fastlstm.cells")
+        mods += [importlib.import_module(f"fastlstm.cells.{m.name}") for m in pkgutil.iter_modules(cells.__path__)]
+    except ImportError:
+        pass
+    found = [getattr(m, n) for n in names for m in mods if callable(getattr(m, n, None))]
+    return found[0] if found else None
+
+
+def _layernorm_oracle():
+    ref = _find_oracle("layernorm_lstm_ref")
+    params = _find_oracle("layernorm_lstm_module_params", "layernorm_module_params")
+    if ref is None or params is None:
+        return None
+    return lambda m, x, hx: ref(x, hx, params(m), m.num_layers, m.bidirectional)
+
+
+def _wide_cells():
+    """name -> (make(I, H, dtype) -> module on the CPU, oracle(module, x, state) -> (output, state) or None)."""
+    from fastlstm import FastGRU, PeepholeLSTM
+    from fastlstm.reference import gru_module_params, gru_ref, peephole_lstm_ref, peephole_module_params
+
+    cells = {
+        "lstm": (lambda I, H, dt: FastLSTM(I, H, dtype=dt),
+                 lambda m, x, hx: lstm_ref(x, hx, module_params(m), m.num_layers, m.bidirectional)),
+        "gru": (lambda I, H, dt: FastGRU(I, H, dtype=dt),
+                lambda m, x, h: gru_ref(x, h, gru_module_params(m), m.num_layers, m.bidirectional)),
+    }
+    for mode in ("diagonal", "full"):
+        cells[f"peephole_{mode}"] = (
+            lambda I, H, dt, mode=mode: PeepholeLSTM(I, H, peephole=mode, dtype=dt),
+            lambda m, x, hx: peephole_lstm_ref(x, hx, peephole_module_params(m), m.num_layers, m.bidirectional))
+    if hasattr(fastlstm, "LayerNormLSTM"):
+        cells["layernorm_lstm"] = (lambda I, H, dt: fastlstm.LayerNormLSTM(I, H, dtype=dt), _layernorm_oracle())
+    return cells
+
+
+WIDE_CELLS = _wide_cells()
+
+
+def _wide_id(dtype, width):
+    return f"{str(dtype).replace('torch.', '')}-vec{width}-B{WIDE_SHAPES[width]['B']}H{WIDE_SHAPES[width]['H']}"
+
+
+def _wide_problem(cell: str, dtype, width: int, seed: int = 0):
+    """The CPU module (parameters drawn in float64, rounded to dtype), x, the initial state and the upstream
+    gradients of (output, *final state), all on the CPU in dtype."""
+    make, _ = WIDE_CELLS[cell]
+    B, H = WIDE_SHAPES[width]["B"], WIDE_SHAPES[width]["H"]
+    torch.manual_seed(seed)
+    m = make(WIDE_I, H, torch.float64).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    n_states = 1 if cell == "gru" else 2
+    state = tuple(r(1, B, H, scale=0.5) for _ in range(n_states))
+    ups = (r(WIDE_T, B, H),) + tuple(r(1, B, H) for _ in range(n_states))
+    return m, r(WIDE_T, B, WIDE_I), state, ups
+
+
+def _wide_run(m, x, state, ups, forward=None) -> dict:
+    """Forward + backward (outputs, and the gradients of x, the initial state and every parameter by name),
+    plus the no-grad forward (the inference op) when forward is None."""
+    x = x.detach().clone().requires_grad_()
+    state = tuple(s.detach().clone().requires_grad_() for s in state)
+    params = dict(m.named_parameters())
+    st = state if len(state) == 2 else state[0]
+    out, fin = (forward or m)(x, st)
+    fin = fin if isinstance(fin, tuple) else (fin,)
+    outs = (out, *fin)
+    gs = torch.autograd.grad(outs, [x, *state, *params.values()], ups)
+    res = {"output": out.detach(), **{f"state_n{k}": f.detach() for k, f in enumerate(fin)},
+           "grad_input": gs[0], **{f"grad_state0{k}": g for k, g in enumerate(gs[1:1 + len(state)])}}
+    res.update({"grad_" + n: g for n, g in zip(params, gs[1 + len(state):])})
+    if forward is None:
+        with torch.no_grad():
+            iout, ifin = m(x.detach(), tuple(s.detach() for s in state) if len(state) == 2 else state[0].detach())
+        ifin = ifin if isinstance(ifin, tuple) else (ifin,)
+        res["inference_output"] = iout
+        res.update({f"inference_state_n{k}": f for k, f in enumerate(ifin)})
+    return res
+
+
+_wide_cache: dict = {}
+
+
+def _wide_results(cell: str, dtype, width: int) -> dict:
+    """{'cuda', 'cpu'}: _wide_run of the same module and data on each device, moved to the CPU. Kept for the
+    last case only, for the oracle test of the same case that follows."""
+    key = (cell, dtype, width)
+    if key not in _wide_cache:
+        _wide_cache.clear()
+        m, x, state, ups = _wide_problem(cell, dtype, width)
+        cpu = _wide_run(m, x, state, ups)
+        mc = copy.deepcopy(m).to(DEV)
+        cuda = {k: v.cpu() for k, v in _wide_run(mc, x.to(DEV), tuple(s.to(DEV) for s in state),
+                                                   tuple(u.to(DEV) for u in ups)).items()}
+        _wide_cache[key] = {"cpu": cpu, "cuda": cuda}
+    return _wide_cache[key]
+
+
+def _assert_half_close(a, b, dtype, what, norm=3, elem=32):
+    # Two correct implementations in a half type differ by their rounding errors: at these shapes the CPU op's
+    # own error against float64 is 0.53 eps in norm and at most 7.9 eps x (|element| + mean |element|)
+    # anywhere (weight gradients, measured on the CPU), so the difference of two is bounded by 3 eps and
+    # 32 eps of the same. A wrong index, lane or tail is off by the values' own size: in norm, or (a single
+    # element) elementwise. The float64 oracle test below holds the precise bound.
+    eps = torch.finfo(dtype).eps
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), f"{what}: not finite"
+    rel = ((a - b).norm() / b.norm()).item()
+    assert rel <= norm * eps, f"{what}: relative difference {rel:.3g} > {norm} eps = {norm * eps:.3g}"
+    bound = elem * eps * (b.abs() + b.abs().mean())
+    bad = (a - b).abs() > bound
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {b.numel()} elements differ, worst |diff| "
+        f"{(a - b).abs().max().item():.3g} (bound there {bound.flatten()[(a - b).abs().argmax()].item():.3g})")
+
+
+@pytest.mark.parametrize("dtype,width", WIDE_CASES, ids=[_wide_id(*c) for c in WIDE_CASES])
+@pytest.mark.parametrize("cell", list(WIDE_CELLS))
+def test_vector_width_matches_cpu(cell, dtype, width):
+    res = _wide_results(cell, dtype, width)
+    cpu, cuda = res["cpu"], res["cuda"]
+    assert cuda.keys() == cpu.keys()
+    for k in cpu:
+        assert cuda[k].dtype == dtype, k
+        if dtype in TOL:
+            torch.testing.assert_close(cuda[k], cpu[k], **TOL[dtype], msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            _assert_half_close(cuda[k], cpu[k], dtype, k)
+
+
+@pytest.mark.parametrize("dtype,width", WIDE_CASES, ids=[_wide_id(*c) for c in WIDE_CASES])
+@pytest.mark.parametrize("cell", list(WIDE_CELLS))
+def test_vector_width_matches_oracle(cell, dtype, width):
+    # Half types by the low-precision rule, with the CPU op (same storage rounding points) as the yardstick.
+    oracle = WIDE_CELLS[cell][1]
+    if oracle is None:
+        pytest.skip(f"no float64 oracle for {cell} found (fastlstm.reference or fastlstm.cells); "
+                    "test_vector_width_matches_cpu still compares it with the CPU op")
+    res = _wide_results(cell, dtype, width)
+    m, x, state, ups = _wide_problem(cell, dtype, width)
+    m64 = copy.deepcopy(m).double().to(DEV)
+    exact = _wide_run(m64, x.double().to(DEV), tuple(s.double().to(DEV) for s in state),
+                      tuple(u.double().to(DEV) for u in ups), forward=lambda x, st: oracle(m64, x, st))
+    exact = {k: v.cpu() for k, v in exact.items()}
+    # The inference forward must compute the training forward's function: same oracle.
+    exact.update({"inference_" + k: v for k, v in exact.items() if k == "output" or k.startswith("state_n")})
+    cpu, cuda = res["cpu"], res["cuda"]
+    assert exact.keys() == cuda.keys()
+    for k, e in exact.items():
+        if dtype in TOL:
+            torch.testing.assert_close(cuda[k], e.to(dtype), **TOL[dtype], msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            err = (cuda[k].double() - e).abs().max().item()
+            base = (cpu[k].double() - e).abs().max().item()
+            assert err <= LOWP_FACTOR * base + LOWP_SLACK[dtype], f"{k}: CUDA {err:.3g}, CPU op {base:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float32 and TF32 (issue 16 item 5). nn.LSTM on CUDA computes float32 in TF32 when cuDNN's RNN flag allows
+# it (torch.backends.cudnn.allow_tf32, on by default, or torch.backends.cudnn.rnn.fp32_precision = "tf32"),
+# whatever torch.backends.cuda.matmul's flag says. FastLSTM follows the same flag, and only that one, so
+# swapping one module for the other keeps the precision/speed trade-off a user chose. Each case sets the
+# matmul flag to the opposite of cuDNN's, so following the wrong flag fails.
+
+TF32_KEYS = ("output", "grad_input", "grad_weight_ih_l0", "grad_weight_hh_l0")  # a GEMM feeds each
+STRICT_MAX = 1e-5  # relative error of true float32 at this size is ~1e-7..1e-6; TF32 (10-bit mantissa) ~1e-4
+TF32_RANGE = (2e-5, 5e-3)
+
+
+def _set_rnn_tf32(api: str, on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = not on
+    if api == "allow_tf32":
+        torch.backends.cudnn.allow_tf32 = on
+    else:
+        torch.backends.cudnn.rnn.fp32_precision = "tf32" if on else "ieee"
+
+
+def _rel_errors(res: dict, exact: dict) -> dict:
+    return {k: ((res[k].double() - exact[k]).norm() / exact[k].norm()).item() for k in TF32_KEYS}
+
+
+def _tf32_modules(cell: str, N: int):
+    """(fastlstm module, its cuDNN counterpart or None, float64 copy, oracle(m64, x, state)), same weights."""
+    torch.manual_seed(0)
+    if cell == "lstm":
+        ref = nn.LSTM(N, N, device=DEV)
+        fast = FastLSTM.from_lstm(ref)
+    elif cell == "gru":
+        ref = nn.GRU(N, N, device=DEV)
+        fast = fastlstm.FastGRU.from_gru(ref)
+    else:  # no cuDNN counterpart: the flag still governs, so every cell keeps one precision rule
+        ref, fast = None, fastlstm.PeepholeLSTM(N, N, peephole="diagonal", device=DEV)
+    return fast, ref, copy.deepcopy(fast).double(), WIDE_CELLS[cell][1]
+
+
+@pytest.mark.parametrize("api", ["allow_tf32", "rnn.fp32_precision"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_diagonal"])
+def test_float32_follows_cudnn_tf32_flag(cell, api):
+    if api == "rnn.fp32_precision" and not hasattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision"):
+        pytest.skip("this torch has no torch.backends.cudnn.rnn.fp32_precision")
+    T_, B_, N = 16, 64, 512
+    fast, ref, m64, oracle = _tf32_modules(cell, N)
+    g = torch.Generator(device=DEV).manual_seed(3)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, generator=g, device=DEV) * scale
+
+    n_states = 1 if cell == "gru" else 2
+    x, state = r(T_, B_, N), tuple(r(1, B_, N, scale=0.5) for _ in range(n_states))
+    ups = (r(T_, B_, N),) + tuple(r(1, B_, N) for _ in range(n_states))
+    exact = _wide_run(m64, x.double(), tuple(s.double() for s in state), tuple(u.double() for u in ups),
+                      forward=lambda x, st: oracle(m64, x, st))
+
+    old_rnn = torch.backends.cudnn.rnn.fp32_precision if api != "allow_tf32" else None
+    errs = {}
+    try:
+        for on in (False, True):
+            _set_rnn_tf32(api, on)
+            errs[on, "fast"] = _rel_errors(_wide_run(fast, x, state, ups), exact)
+            if ref is not None:
+                errs[on, "cudnn"] = _rel_errors(_wide_run(ref, x, state, ups, forward=ref), exact)
+    finally:
+        if old_rnn is not None:
+            torch.backends.cudnn.rnn.fp32_precision = old_rnn
+    for k in TF32_KEYS:
+        off, on = errs[False, "fast"][k], errs[True, "fast"][k]
+        record_error(f"float32 rel. error, {cell} strict", off, f"{k}, {api}")
+        record_error(f"float32 rel. error, {cell} tf32", on, f"{k}, {api}")
+        assert off <= STRICT_MAX, f"{k}: TF32 not allowed by cuDNN's flag, yet error {off:.2e} (matmul flag on)"
+        assert on >= 10 * off and TF32_RANGE[0] <= on <= TF32_RANGE[1], (
+            f"{k}: cuDNN's flag allows TF32, error {on:.2e} vs {off:.2e} strict: TF32 not used (or broken)")
+        if ref is None:
+            continue
+        cudnn_off, cudnn_on = errs[False, "cudnn"][k], errs[True, "cudnn"][k]
+        record_error(f"float32 rel. error, cuDNN {cell} strict", cudnn_off, f"{k}, {api}")
+        record_error(f"float32 rel. error, cuDNN {cell} tf32", cudnn_on, f"{k}, {api}")
+        if cudnn_on >= 10 * cudnn_off:  # cuDNN itself took TF32 here: fastlstm's error is of its size
+            assert on <= 4 * cudnn_on, f"{k}: fastlstm TF32 error {on:.2e}, cuDNN's {cudnn_on:.2e}"
+
+
+# The layer-norm LSTM's CUDA ops at the same shapes, op against op, until fastlstm.LayerNormLSTM (and its
+# oracle) puts the cell in WIDE_CELLS: its gate passes are row reductions (one block per row, the widest
+# aligned vector at any shape), the rest map passes like the other cells'.
+HAS_LN_OPS = hasattr(torch.ops.fastlstm, "layernorm_lstm_forward")
+
+
+def _layernorm_op_args(dtype, width, seed=0) -> dict:
+    B, H = WIDE_SHAPES[width]["B"], WIDE_SHAPES[width]["H"]
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0, shift=0.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
+
+    G = 4 * H
+    return dict(input=r(WIDE_T, B, WIDE_I), h0=r(B, H, scale=0.5), c0=r(B, H, scale=0.5),
+                w_ih=r(G, WIDE_I, scale=0.2), w_hh=r(G, H, scale=0.03), b_ih=r(G, scale=0.1), b_hh=r(G, scale=0.1),
+                ln_ih_w=r(G, scale=0.1, shift=1.0), ln_ih_b=r(G, scale=0.1), ln_hh_w=r(G, scale=0.1, shift=1.0),
+                ln_hh_b=r(G, scale=0.1), ln_c_w=r(H, scale=0.1, shift=1.0), ln_c_b=r(H, scale=0.1), lengths=None,
+                reverse=False, eps=1e-5)
+
+
+def _layernorm_ops(a: dict, device: str, seed=1) -> dict:
+    """forward's 8 outputs, inference's 3 and backward's 12 (fed by this device's own forward), on the CPU."""
+    a = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    ops = torch.ops.fastlstm
+    fwd = ops.layernorm_lstm_forward(*a.values())
+    inf = ops.layernorm_lstm_inference(*a.values())
+    g = torch.Generator().manual_seed(seed)
+    ups = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device, t.dtype) for t in fwd[:3]]
+    out, h_n, c_n, gates, cells, norm_ih, norm_hh, stats = fwd
+    bwd = ops.layernorm_lstm_backward(*ups, a["input"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["ln_ih_w"],
+                                      a["ln_hh_w"], a["ln_c_w"], a["ln_c_b"], a["lengths"], out, gates, cells,
+                                      norm_ih, norm_hh, stats, a["reverse"], a["eps"])
+    names = (["output", "h_n", "c_n", "gates", "cells", "norm_ih", "norm_hh", "stats"]
+             + [f"inference_{n}" for n in ("output", "h_n", "c_n")]
+             + ["grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_ln_ih_w",
+                "grad_ln_ih_b", "grad_ln_hh_w", "grad_ln_hh_b", "grad_ln_c_w", "grad_ln_c_b"])
+    return {n: t.cpu() for n, t in zip(names, list(fwd) + list(inf) + list(bwd), strict=True)}
+
+
+@pytest.mark.skipif(not HAS_LN_OPS, reason="this build has no layernorm_lstm ops")
+@pytest.mark.parametrize("dtype,width", WIDE_CASES, ids=[_wide_id(*c) for c in WIDE_CASES])
+def test_layernorm_ops_at_vector_widths_match_cpu(dtype, width):
+    a = _layernorm_op_args(dtype, width)
+    cpu, cuda = _layernorm_ops(a, "cpu"), _layernorm_ops(a, DEV)
+    assert cuda.keys() == cpu.keys() and all(cuda[k].dtype == cpu[k].dtype for k in cpu)
+    if dtype == torch.float64:
+        for k in cpu:
+            torch.testing.assert_close(cuda[k], cpu[k], **TOL[dtype], msg=lambda m, k=k: f"{k}: {m}")
+        return
+    # The layer norms amplify rounding noise (measured on the CPU, the op against itself in float64: float32
+    # up to 1.6 x TOL in grad_w_hh; half types 1.1 eps in norm and 14.5 eps elementwise), so closeness gets
+    # 4 x TOL, or twice the other cells' half-type bounds; the precise check is the low-precision rule against
+    # the op in float64 on the same inputs, the CPU op's own error as yardstick.
+    exact = _layernorm_ops({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}, "cpu")
+    slack = TOL[dtype]["atol"] if dtype in TOL else LOWP_SLACK[dtype]
+    for k in cpu:
+        if dtype in TOL:
+            torch.testing.assert_close(cuda[k], cpu[k], atol=4 * TOL[dtype]["atol"], rtol=4 * TOL[dtype]["rtol"],
+                                       msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            _assert_half_close(cuda[k], cpu[k], dtype, k, norm=6, elem=64)
+        err = (cuda[k].double() - exact[k]).abs().max().item()
+        base = (cpu[k].double() - exact[k]).abs().max().item()
+        assert err <= LOWP_FACTOR * base + slack, f"{k}: CUDA {err:.3g}, CPU op {base:.3g}"

@@ -83,14 +83,15 @@ def make_module(c, mode, dtype=None):
                         peephole=mode, dtype=dtype or c["dtype"])
 
 
-def loss_weights(c, dtype):
+def loss_weights(c, dtype, device="cpu"):
     """Fixed random weights for output [T,B,D*H], h_n and c_n [L*D,B,H], so that every element gets its own
-    gradient (a swapped gate, unit or direction cannot hide behind a symmetric loss)."""
+    gradient (a swapped gate, unit or direction cannot hide behind a symmetric loss). Drawn on the CPU, so a
+    CUDA run gets the same weights."""
     g = torch.Generator().manual_seed(1)
     D = 2 if c["bidirectional"] else 1
     T, B, H = c["T"], 1 if c["kind"] == "unbatched" else c["B"], c["H"]
     shapes = [(T, B, D * H), (c["num_layers"] * D, B, H), (c["num_layers"] * D, B, H)]
-    return [torch.randn(s, generator=g, dtype=F64).to(dtype) for s in shapes]
+    return [torch.randn(s, generator=g, dtype=F64).to(device, dtype) for s in shapes]
 
 
 def run_fast(m, c, x, hx, lengths):
@@ -113,7 +114,7 @@ def run_fast(m, c, x, hx, lengths):
         elif c["batch_first"]:
             out = out.transpose(0, 1)
     outs = [out, h, cn]
-    loss = sum((o * w).sum() for o, w in zip(outs, loss_weights(c, out.dtype)))
+    loss = sum((o * w).sum() for o, w in zip(outs, loss_weights(c, out.dtype, out.device)))
     loss.backward()
     grads = {k: v.grad for k, v in leaves.items()}
     grads.update({k: p.grad for k, p in m.named_parameters()})
@@ -148,7 +149,7 @@ def run_ref(m, c, x, hx, lengths, compute_dtype=F64):
     out, (h, cn) = peephole_lstm_ref(xt, hxt, params, c["num_layers"], c["bidirectional"], lengths,
                                      compute_dtype=dt)
     outs = [out, h, cn]
-    loss = sum((o * w).sum() for o, w in zip(outs, loss_weights(c, dt)))
+    loss = sum((o * w).sum() for o, w in zip(outs, loss_weights(c, dt, out.device)))
     loss.backward()
     return [o.detach() for o in outs], {k: v.grad for k, v in leaves.items()}
 
@@ -458,3 +459,26 @@ def test_cuda_matches_oracle(mode, dtype, kind):
     assert fo[0].is_cuda and fg["weight_co_l1_reverse"].is_cuda
     fast = ([t.cpu() for t in fo], {k: v.cpu() for k, v in fg.items()})
     compare(fast, ref, TOL[dtype], f"cuda {mode} {kind}")
+
+
+@pytest.mark.skipif(not HAS_PEEPHOLE_CUDA, reason="no CUDA device, or fastlstm built without CUDA kernels")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cuda_half_types_by_lowp_rule(dtype, mode):
+    # test_half_types_by_lowp_rule on the GPU: the same bound, with both oracles (float64 and the half type)
+    # run on the CPU from the same rounded parameters and inputs.
+    c = dict(LOWP_CASE, dtype=dtype)
+    m = make_module(c, mode)
+    x, hx, lengths = make_inputs(c)
+    (ro, rg) = run_ref(m, c, x, hx, lengths)
+    (lo, lg) = run_ref(m, c, x, hx, lengths, compute_dtype=dtype)
+    m = m.cuda()
+    (fo, fg) = run_fast(m, c, x.cuda(), tuple(t.cuda() for t in hx), lengths)
+    assert fo[0].is_cuda
+    pairs = list(zip(("output", "h_n", "c_n"), fo, ro, lo)) + [(k, fg[k], rg[k], lg[k]) for k in rg]
+    for name, f, r, low in pairs:
+        f = f.cpu()
+        assert f.dtype == dtype and torch.isfinite(f).all(), name
+        err = (f.double() - r).abs().max().item()
+        bound = LOWP_FACTOR * (low.double() - r).abs().max().item() + LOWP_SLACK[dtype]
+        assert err <= bound, f"{name}: error {err:.3g} > {bound:.3g}"

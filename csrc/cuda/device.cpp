@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 
 #include "../cells/ops.h"
@@ -27,25 +28,28 @@ struct CudaDevice {
     }
   }
 
-  // One op call's scope: the input's device, and float32 GEMMs that follow torch.backends.cudnn.allow_tf32,
-  // the flag nn.LSTM's cuDNN path follows (on by default), not torch.backends.cuda.matmul.allow_tf32, so a
-  // user sees the same precision and speed trade-off as with nn.LSTM.
+  // One op call's scope: the input's device, and float32 GEMMs that follow cuDNN's RNN TF32 setting
+  // (torch.backends.cudnn.allow_tf32 / cudnn.rnn.fp32_precision, on by default), the one nn.LSTM's cuDNN
+  // path follows, not torch.backends.cuda.matmul's (off by default): a user then sees the same precision
+  // and speed trade-off as with nn.LSTM. Strict float32 is a thread-local guard; TF32 while the matmul
+  // flag is off has no such guard in ATen, so the process-wide cuBLAS flag is set for the call and restored
+  // after it (a concurrent float32 matmul on another thread sees it meanwhile).
   struct Call {
     c10::cuda::CUDAGuard guard;
-    bool restore = false, saved = false;
+    std::optional<at::NoTF32Guard> strict;
+    bool restore = false;
     Call(const Tensor& input, int64_t) : guard(input.device()) {
-      if (input.scalar_type() == at::kFloat) {
-        auto& ctx = at::globalContext();
-        saved = ctx.allowTF32CuBLAS();
-        const bool want = ctx.allowTF32CuDNN();
-        if (want != saved) {
-          ctx.setAllowTF32CuBLAS(want);
-          restore = true;
-        }
+      if (input.scalar_type() != at::kFloat) return;
+      auto& ctx = at::globalContext();
+      if (!ctx.allowTF32CuDNN(at::Float32Op::RNN)) {
+        strict.emplace();
+      } else if (!ctx.allowTF32CuBLAS()) {
+        ctx.setAllowTF32CuBLAS(true);
+        restore = true;
       }
     }
     ~Call() {
-      if (restore) at::globalContext().setAllowTF32CuBLAS(saved);
+      if (restore) at::globalContext().setAllowTF32CuBLAS(false);
     }
     Call(const Call&) = delete;
     Call& operator=(const Call&) = delete;
