@@ -12,16 +12,15 @@ except ImportError as e:  # pragma: no cover - depends on the install
         "`pip install --no-build-isolation .` from the source tree, against the torch you run with "
         f"(torch {torch.__version__} here). Original error: {e}") from e
 
-from . import ops  # noqa: E402,F401  (registers the fake kernels)
-from .functional import lstm  # noqa: E402
-from .modules import FastLSTM, convert, has_kernels  # noqa: E402
-from .ops import lstm_layer  # noqa: E402
-from .gru import FastGRU, gru, gru_layer  # noqa: E402
-from .peephole import PeepholeLSTM, peephole_layer  # noqa: E402
+from . import ops  # noqa: E402,F401  (registers the fake kernels and autograd of every op)
+from .cells import FastGRU, FastLSTM, LayerNormLSTM, PeepholeLSTM, convert  # noqa: E402
+from .functional import gru, lstm  # noqa: E402
+from .ops import gru_layer, layernorm_lstm_layer, lstm_layer, peephole_layer  # noqa: E402
+from .rnn import has_kernels  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FastLSTM", "FastGRU", "PeepholeLSTM", "convert", "lstm", "lstm_layer", "gru", "gru_layer",
-           "peephole_layer", "has_kernels"]
+__all__ = ["FastLSTM", "FastGRU", "PeepholeLSTM", "LayerNormLSTM", "convert", "lstm", "lstm_layer", "gru",
+           "gru_layer", "peephole_layer", "layernorm_lstm_layer", "has_kernels"]
 
 # Issue 15: whole saved models holding fastlstm modules load under torch.load(weights_only=True).
 from .serialization import register_safe_globals  # noqa: E402

@@ -1,4 +1,4 @@
-"""The functional multi-layer LSTM: stacks fastlstm's one-layer ops over layers and directions."""
+"""The functional multi-layer forms (lstm, gru): fastlstm's one-layer ops stacked over layers and directions."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import lstm_layer
+from .ops import gru_layer, lstm_layer
 
 # (w_ih, w_hh, b_ih, b_hh, w_hr) for one layer and direction; biases and w_hr may be None.
 LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
@@ -34,11 +34,31 @@ def lstm(
 
     `layer_fn` runs one layer in one direction: layer_fn(x, h0, c0, *params[k], lengths, reverse) ->
     (output, h_n, c_n). It is lstm_layer by default; variants of the LSTM cell with the same state (e.g.
-    fastlstm.peephole.peephole_layer, whose params carry peephole weights instead of w_hr) reuse this stacking.
+    fastlstm.ops.peephole_layer, whose params carry peephole weights instead of w_hr) reuse this stacking.
     """
     x, (h_n, c_n) = stacked(layer_fn, input, (h0, c0), params, num_layers, bidirectional, dropout,
                             training, lengths)
     return x, h_n, c_n
+
+
+def gru(
+    input: Tensor,
+    h0: Tensor,
+    params: Sequence[tuple],
+    num_layers: int,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """A stacked, optionally bidirectional GRU, time-major.
+
+    input [T, B, I]; h0 [L*D, B, H]; params: one (w_ih, w_hh, b_ih, b_hh) per layer and direction in
+    nn.GRU's order (biases may be None); lengths int64 [B] for padded variable-length sequences.
+    Returns output [T, B, D*H], h_n [L*D, B, H]. Dropout as nn.GRU applies it, when `training`.
+    """
+    x, (h_n,) = stacked(gru_layer, input, (h0,), params, num_layers, bidirectional, dropout, training, lengths)
+    return x, h_n
 
 
 def stacked(
@@ -51,11 +71,13 @@ def stacked(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Optional[Tensor] = None,
+    extra: tuple = (),
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Any one-layer recurrent op stacked over layers and directions (nn.RNNBase's order), time-major.
 
-    layer_fn(x [T, B, *], *states_k, *params[k], lengths, reverse) -> (output [T, B, P], *final_states_k),
-    e.g. lstm_layer (states h, c) or gru_layer (state h). input [T, B, I]; each of `states` [L*D, B, *].
+    layer_fn(x [T, B, *], *states_k, *params[k], lengths, reverse, *extra) -> (output [T, B, P],
+    *final_states_k), e.g. lstm_layer (states h, c) or gru_layer (state h); `extra` carries a cell's
+    trailing non-tensor arguments (LayerNormLSTM's eps). input [T, B, I]; each of `states` [L*D, B, *].
     Returns output [T, B, D*P] and the final states stacked like `states`. Dropout with probability
     `dropout` is applied to the outputs of every layer but the last when `training`.
     """
@@ -66,7 +88,7 @@ def stacked(
         outs = []
         for d in range(D):
             k = layer * D + d
-            out, *final = layer_fn(x, *(s[k] for s in states), *params[k], lengths, d == 1)
+            out, *final = layer_fn(x, *(s[k] for s in states), *params[k], lengths, d == 1, *extra)
             outs.append(out)
             for acc, f in zip(finals, final):
                 acc.append(f)

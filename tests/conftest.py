@@ -167,3 +167,12 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     d = (a.double() - b.double()).abs()
     d = d[~(a.isnan() & b.isnan())]
     return float(d.max()) if d.numel() else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TEMPORARY (until the C++ engine registers the layernorm_lstm ops): FASTLSTM_LAYERNORM_STANDIN=1 runs
+# tests/test_layernorm_lstm.py against a pure-PyTorch stand-in of the ops (tests/layernorm_standin.py).
+# Without it, and without the real ops, those tests skip and say why.
+if __import__("os").environ.get("FASTLSTM_LAYERNORM_STANDIN") == "1":
+    import layernorm_standin
+    layernorm_standin.install()

@@ -16,6 +16,7 @@ from fastlstm.charrnn import (CharRNN, Vocab, batch_rows, get_batches, load_chec
                               probabilities, sample)
 from fastlstm.charrnn.__main__ import main
 from fastlstm.charrnn.data import IGNORE
+from fastlstm.ops import CELL_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,8 @@ def test_backends_start_from_same_weights():
 
 @needs_anna
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole", pytest.param("layernorm", marks=pytest.mark.skipif(
+    not CELL_OPS["layernorm_lstm"].exists(), reason="this build of fastlstm._C has no layernorm_lstm ops yet"))])
 def test_short_run_lowers_val_loss(tmp_path, cell):
     # The same short run for every cell (issue 6: which cell learns Anna Karenina best).
     text = _slice(tmp_path, 300_000)

@@ -246,6 +246,61 @@ def test_cuda_graph_capture_and_replay():
             torch.testing.assert_close(a, b, **TOL[torch.float32])
 
 
+def test_cuda_graph_capture_packed_forward_backward():
+    # Packed input (issue 16 item 2): the lengths reach the GPU without a blocking copy, so a packed forward
+    # and backward capture too. The PackedSequence is built outside (packing sorts and moves indices to the
+    # GPU itself); inside, only FastLSTM runs. Replays with new values must equal eager runs.
+    m = FastLSTM.from_lstm(make_lstm(CONFIGS["stacked_bidirectional"], torch.float32))
+    params = list(m.parameters())
+    g = torch.Generator(device=DEV).manual_seed(3)
+    x = torch.randn(T, B, m.input_size, generator=g, device=DEV)
+    lengths = torch.tensor([T, 2, T - 1, 1, 4])  # unsorted, with repeats
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    D = 2
+    h0 = torch.randn(m.num_layers * D, B, m.hidden_size, generator=g, device=DEV)
+    c0 = torch.randn(m.num_layers * D, B, m.hidden_size, generator=g, device=DEV)
+
+    def step():
+        out, (h, c) = m(packed, (h0, c0))
+        loss = (out.data.square().sum() + h.sum() + 2 * c.sum())
+        return (out.data, h, c), torch.autograd.grad(loss, params)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_outs, graph_grads = step()
+    for _ in range(2):
+        for t in (packed.data, h0, c0):
+            t.copy_(torch.randn(t.shape, generator=g, device=DEV))
+        graph.replay()
+        eager_outs, eager_grads = step()
+        torch.cuda.synchronize()
+        for a, b in zip(list(graph_outs) + list(graph_grads), list(eager_outs) + list(eager_grads)):
+            torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+def test_packed_lengths_copy_does_not_block_the_host():
+    # With the GPU busy for ~50 ms, a packed forward must return (queue its work) well before the GPU is done;
+    # a blocking lengths copy would wait for the sleep.
+    import time
+    m = FastLSTM.from_lstm(make_lstm(CONFIGS["one_layer"], torch.float32))
+    packed = pack_padded_sequence(torch.randn(T, B, 16, device=DEV), torch.tensor([T, 5, 4, 2, 1]))
+    with torch.no_grad():
+        m(packed)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(100_000_000)
+        t = time.perf_counter()
+        m(packed)
+        queued = time.perf_counter() - t
+        torch.cuda.synchronize()
+    assert queued < 0.025, f"the packed forward waited {queued * 1e3:.1f} ms for the GPU"
+
+
 def test_non_default_stream():
     # On a side stream whose inputs are only ready after a long GPU sleep: a kernel launched on any other
     # stream would run before its inputs exist and give a different result.

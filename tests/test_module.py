@@ -219,3 +219,55 @@ def test_import_compiles_nothing(tmp_path):
     assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").iterdir())
     # Generous, for a loaded machine: a build would take tens of seconds.
     assert float(proc.stdout.strip().splitlines()[-1]) < 5.0
+
+
+def test_lengths_rebuilt_from_scalars_equal_the_lengths():
+    # Under CUDA graph capture the packed lengths are written on the device by one fill per run of equal
+    # values (fastlstm.rnn._filled); the same code on the CPU must give the lengths back exactly.
+    from fastlstm.rnn import _filled, _lengths_to
+    g = torch.Generator().manual_seed(0)
+    for B in (1, 2, 5, 17):
+        for _ in range(5):
+            lengths = torch.randint(1, 6, (B,), generator=g).sort(descending=True).values
+            assert torch.equal(_filled(lengths, torch.device("cpu")), lengths)
+    lengths = torch.tensor([4, 4, 1])
+    assert _lengths_to(lengths, torch.device("cpu")) is lengths  # the CPU path copies nothing
+
+
+def test_no_import_cycle_inside_the_package():
+    # fastlstm.gru once imported fastlstm.modules, which imported fastlstm.gru back (inside a function, to
+    # dodge the cycle). Every import between the package's modules, at any depth of the file, must form no
+    # cycle.
+    import ast
+    import pathlib
+    root = pathlib.Path(fastlstm.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        mod = ".".join(("fastlstm",) + path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+                deps.add(target)
+                deps.update(f"{target}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("fastlstm."))
+        graph[mod] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    # A package's __init__ importing its own submodules is not a cycle the other way round; drop the edges
+    # from a submodule to the packages above it (Python has run their __init__ by then).
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", "import cycle: " + " -> ".join(path + [m])
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            visit(d, path + [m])
+        state[m] = "done"
+    for m in sorted(graph):
+        visit(m, [])

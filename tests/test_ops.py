@@ -1,11 +1,12 @@
-"""The one-layer ops: gradcheck in float64 through the autograd Function (against finite differences, so the
-hand-written backward is checked independently of nn.LSTM), lstm_layer against the pure-PyTorch oracle, and
-torch.library.opcheck (schema, fake kernels, autograd registration, AOT dispatch) on every op."""
+"""The one-layer ops: gradcheck in float64 through the op itself (its autograd is registered on it; against
+finite differences, so the hand-written backward is checked independently of nn.LSTM), lstm_layer against
+the pure-PyTorch oracle, and torch.library.opcheck (schema, fake kernels, autograd registration, AOT
+dispatch) on every op."""
 import pytest
 import torch
 
 from conftest import DEVICES, TOL
-from fastlstm.ops import LSTMLayerFunction, lstm_layer
+from fastlstm.ops import lstm_layer
 from fastlstm.reference import lstm_layer_ref
 
 # name -> (T, B, I, H, P or 0, bias, lengths or None, reverse)
@@ -38,12 +39,13 @@ def layer_args(case, device, dtype=torch.float64, requires_grad=True):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(LAYER_CASES))
-def test_gradcheck_layer_function(case, device):
+def test_gradcheck_forward_op(case, device):
+    # torch.ops.fastlstm.lstm_forward is differentiable itself (torch.library.register_autograd).
     args = layer_args(case, device)
 
     # gradcheck differentiates every output; gates and cells are non-differentiable by design.
     def fn(*a):
-        return LSTMLayerFunction.apply(*a)[:3]
+        return torch.ops.fastlstm.lstm_forward(*a)[:3]
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 

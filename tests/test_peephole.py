@@ -356,6 +356,29 @@ def test_compile_fullgraph_matches_eager(mode):
         torch.testing.assert_close(a, b, **TOL[F32])
 
 
+@pytest.mark.slow
+def test_inductor_batch_first_forward_backward():
+    # Regression: the peephole fakes once used empty_like, which copies a transposed (batch_first) input's
+    # strides; Inductor trusts the fake's strides, and the real backward op's contiguous result then failed
+    # its stride assertion. ~30 s of Inductor codegen, hence slow; tests/test_cell_ops.py checks the cause
+    # (fake vs real strides) quickly for every op.
+    import torch._inductor.config
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = PeepholeLSTM(3, 5, batch_first=True)
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        out, (h, c) = torch.compile(m, fullgraph=True)(x)
+        (out.sum() + h.sum()).backward()
+    grad = x.grad
+    x.grad = None
+    out_e, (h_e, c_e) = m(x)
+    (out_e.sum() + h_e.sum()).backward()
+    torch.testing.assert_close(out, out_e, **TOL[F32])
+    torch.testing.assert_close(grad, x.grad, **TOL[F32])
+    torch._dynamo.reset()
+
+
 # ------------------------------------------ errors: nn.LSTM's own ------------------------------------------
 
 def _raised(fn):

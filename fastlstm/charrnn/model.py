@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules import FastLSTM
+from ..cells import FastGRU, FastLSTM, LayerNormLSTM, PeepholeLSTM
 
 BACKENDS = ("fastlstm", "torch")
 
@@ -37,23 +37,24 @@ def _lstm(backend: str, input_size: int, hidden_size: int, num_layers: int, drop
 
 
 def _gru(backend: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
-    from ..gru import FastGRU
     cls = {"fastlstm": FastGRU, "torch": nn.GRU}[backend]
     return cls(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
 
 
-def _peephole(backend: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
-    if backend != "fastlstm":
-        # torch.nn has no peephole LSTM; a silent substitute would make the comparison meaningless.
-        raise ValueError("--cell peephole exists only with --backend fastlstm (torch.nn has no peephole LSTM)")
-    from ..peephole import PeepholeLSTM
-    return PeepholeLSTM(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+def _fastlstm_only(cls: type, cell: str, what: str) -> Callable[..., nn.Module]:
+    def build(backend: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+        if backend != "fastlstm":
+            # torch.nn has no such cell; a silent substitute would make the comparison meaningless.
+            raise ValueError(f"--cell {cell} exists only with --backend fastlstm (torch.nn has no {what})")
+        return cls(input_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+    return build
 
 
 CELLS: dict[str, Cell] = {
     "lstm": Cell(build=_lstm, n_states=2),
     "gru": Cell(build=_gru, n_states=1),
-    "peephole": Cell(build=_peephole, n_states=2),
+    "peephole": Cell(build=_fastlstm_only(PeepholeLSTM, "peephole", "peephole LSTM"), n_states=2),
+    "layernorm": Cell(build=_fastlstm_only(LayerNormLSTM, "layernorm", "layer-normalised LSTM"), n_states=2),
 }
 
 
