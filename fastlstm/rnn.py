@@ -485,6 +485,15 @@ class CustomRNNBase(RNNEngine, nn.Module):
         for p in tensors:
             init.uniform_(p, -stdv, stdv)
 
+    def __setstate__(self, state):
+        # Whole modules pickled by fastlstm 0.1.0 (PeepholeLSTM then kept its parameter names in
+        # `_param_names`, and had no `_factory`): rebuild what this version's __init__ would have set.
+        super().__setstate__(state)
+        if "_flat_weights_names" not in self.__dict__:
+            old = self.__dict__.pop("_param_names", None)
+            self._flat_weights_names = list(old) if isinstance(old, (list, tuple)) else list(self._parameters)
+        self.__dict__.setdefault("_factory", {"device": None, "dtype": None})
+
     @property
     def _param_names(self) -> list[str]:
         return self._flat_weights_names
