@@ -1,0 +1,104 @@
+"""What is measured: the Case (one benchmark point), the named grids, and the cross product that turns a grid
+into cases. Nothing here builds a module or times anything."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+import torch
+
+# inference / training: one call over the whole sequence; streaming: batch 1, one step per call, state carried.
+MODES = ("inference", "training", "streaming")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark point. Shapes: T steps, B batch, I input size, H hidden size (streaming: B = 1)."""
+
+    mode: str
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: str = "float32"
+    model: str = "lstm"
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Case":
+        """The case a result row (run_case's dict, or a JSON/CSV row read back) was measured on."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def shape(self) -> str:
+        s = f"T={self.T} B={self.B} I={self.I} H={self.H}" if self.mode != "streaming" else \
+            f"B=1 I={self.I} H={self.H}"
+        if self.layers > 1:
+            s += f" L={self.layers}"
+        if self.bidirectional:
+            s += " bi"
+        return s
+
+    @property
+    def id(self) -> str:
+        """A short name usable as a pytest id."""
+        return (f"{self.model}-{self.mode}-T{self.T}-B{self.B}-I{self.I}-H{self.H}-L{self.layers}"
+                f"{'-bi' if self.bidirectional else ''}-{self.dtype}")
+
+
+# (T, B, I, H, layers, bidirectional)
+Spec = tuple[int, int, int, int, int, bool]
+
+# Issue 4's CPU grid: four single-layer shapes and a 2-layer bidirectional one; streaming over the
+# single-layer unidirectional sizes.
+CPU_SPECS: list[Spec] = [(50, 16, 64, 64, 1, False), (50, 64, 256, 256, 1, False), (100, 32, 512, 512, 1, False),
+                         (200, 1, 128, 128, 1, False), (100, 8, 256, 256, 2, True)]
+# Issue 3's GPU grid.
+GPU_SPECS: list[Spec] = [(100, 64, 512, 512, 1, False), (100, 16, 256, 256, 1, False),
+                         (500, 32, 1024, 1024, 1, False), (1024, 16, 768, 768, 1, False)]
+QUICK_SPECS: list[Spec] = [(50, 16, 64, 64, 1, False), (100, 32, 256, 256, 1, False)]
+
+# name -> (specs, dtypes, modes)
+GRIDS: dict[str, tuple[list[Spec], tuple[str, ...], tuple[str, ...]]] = {
+    "cpu": (CPU_SPECS, ("float32",), MODES),
+    "gpu": (GPU_SPECS, ("float32", "bfloat16"), ("inference", "training")),
+    "quick": (QUICK_SPECS, ("float32",), MODES),
+}
+
+
+def resolve_grid(name: str, device: str, quick: bool = False) -> str:
+    """The grid a --grid value means: "default" is the quick grid with --quick, else the device's own."""
+    if name != "default":
+        return name
+    if quick:
+        return "quick"
+    return "gpu" if device == "cuda" else "cpu"
+
+
+def make_cases(specs: list[Spec], dtypes, modes, models=("lstm",)) -> list[Case]:
+    """The cross product specs x dtypes x modes x models, grouped by mode. Streaming skips bidirectional
+    specs (a reverse direction needs the whole sequence) and keeps one case per (I, H, layers)."""
+    cases, seen = [], set()
+    for mode in modes:
+        for model in models:
+            for dtype in dtypes:
+                for T, B, I, H, L, bi in specs:
+                    if mode == "streaming":
+                        if bi or (I, H, L, dtype, model) in seen:
+                            continue
+                        seen.add((I, H, L, dtype, model))
+                        B = 1
+                    cases.append(Case(mode, T, B, I, H, L, bi, dtype, model))
+    return cases
+
+
+def grid_cases(name: str, device: str, models=("lstm",), quick: bool = False) -> list[Case]:
+    """The cases of a named grid (see resolve_grid for "default")."""
+    specs, dtypes, modes = GRIDS[resolve_grid(name, device, quick)]
+    return make_cases(specs, dtypes, modes, models)
