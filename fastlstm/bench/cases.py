@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-import torch
 
-# inference / training: one call over the whole sequence; streaming: batch 1, one step per call, state carried.
-MODES = ("inference", "training", "streaming")
+import torch
+from torch import Tensor
+
+from .contenders import MODELS
+
+# inference / training: one call over the whole sequence (a [T, B, I] tensor); packed_*: the same on a
+# PackedSequence of random lengths (see packed_lengths); streaming: batch 1, one step per call, state carried.
+MODES = ("inference", "training", "streaming", "packed_inference", "packed_training")
+# --modes shorthand: "packed" means both packed modes.
+MODE_ALIASES = {"packed": ("packed_inference", "packed_training")}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
+# What a run reports when no dtype is asked for: every dtype fastlstm runs fast (float64 is for tests).
+REPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,15 @@ class Case:
         return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
 
     @property
+    def packed(self) -> bool:
+        return self.mode.startswith("packed_")
+
+    @property
+    def backward(self) -> bool:
+        """Whether a timed call includes the backward pass."""
+        return self.mode.endswith("training")
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
@@ -52,6 +70,16 @@ class Case:
                 f"{'-bi' if self.bidirectional else ''}-{self.dtype}")
 
 
+def packed_lengths(T: int, B: int, seed: int = 0) -> Tensor:
+    """The sequence lengths of a packed case: B lengths drawn uniformly from [1, T] with a fixed seed, one of
+    them set to T so the padded length (the step count both contenders run) is T. int64 [B], on the CPU (as
+    pack_padded_sequence wants), deliberately unsorted: the cases pack with enforce_sorted=False."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[int(torch.randint(B, (1,), generator=g))] = T
+    return lengths
+
+
 # (T, B, I, H, layers, bidirectional)
 Spec = tuple[int, int, int, int, int, bool]
 
@@ -62,13 +90,21 @@ CPU_SPECS: list[Spec] = [(50, 16, 64, 64, 1, False), (50, 64, 256, 256, 1, False
 # Issue 3's GPU grid.
 GPU_SPECS: list[Spec] = [(100, 64, 512, 512, 1, False), (100, 16, 256, 256, 1, False),
                          (500, 32, 1024, 1024, 1, False), (1024, 16, 768, 768, 1, False)]
-QUICK_SPECS: list[Spec] = [(50, 16, 64, 64, 1, False), (100, 32, 256, 256, 1, False)]
+# What `python -m fastlstm.bench` runs on a CPU with no flags: issue 4's grid less its largest shape
+# (T=100 B=32 H=512, whose cell-loop training alone takes seconds per call on 2 threads), so that every dtype
+# fits in a few minutes. Still a small, a batch-1 and a stacked bidirectional shape.
+CPU_DEFAULT_SPECS: list[Spec] = [s for s in CPU_SPECS if s != (100, 32, 512, 512, 1, False)]
+# --quick (and CI): two small shapes, all dtypes and modes, in about a minute.
+QUICK_SPECS: list[Spec] = [(50, 16, 64, 64, 1, False), (20, 4, 32, 32, 2, True)]
+
+WHOLE_SEQUENCE_MODES = ("inference", "training", "packed_inference", "packed_training")
 
 # name -> (specs, dtypes, modes)
 GRIDS: dict[str, tuple[list[Spec], tuple[str, ...], tuple[str, ...]]] = {
-    "cpu": (CPU_SPECS, ("float32",), MODES),
-    "gpu": (GPU_SPECS, ("float32", "bfloat16"), ("inference", "training")),
-    "quick": (QUICK_SPECS, ("float32",), MODES),
+    "cpu": (CPU_SPECS, REPORT_DTYPES, MODES),
+    "cpu-default": (CPU_DEFAULT_SPECS, REPORT_DTYPES, MODES),
+    "gpu": (GPU_SPECS, REPORT_DTYPES, WHOLE_SEQUENCE_MODES),
+    "quick": (QUICK_SPECS, REPORT_DTYPES, MODES),
 }
 
 
@@ -78,16 +114,21 @@ def resolve_grid(name: str, device: str, quick: bool = False) -> str:
         return name
     if quick:
         return "quick"
-    return "gpu" if device == "cuda" else "cpu"
+    return "gpu" if device == "cuda" else "cpu-default"
 
 
 def make_cases(specs: list[Spec], dtypes, modes, models=("lstm",)) -> list[Case]:
-    """The cross product specs x dtypes x modes x models, grouped by mode. Streaming skips bidirectional
-    specs (a reverse direction needs the whole sequence) and keeps one case per (I, H, layers)."""
+    """The cross product dtypes x modes x models x specs, in that order (a report reads dtype by dtype).
+
+    Streaming skips bidirectional specs (a reverse direction needs the whole sequence) and keeps one case
+    per (I, H, layers); the packed modes are left out for models that take no PackedSequence (see
+    contenders.MODELS)."""
     cases, seen = [], set()
-    for mode in modes:
-        for model in models:
-            for dtype in dtypes:
+    for dtype in dtypes:
+        for mode in modes:
+            for model in models:
+                if mode.startswith("packed_") and not MODELS[model].packed:
+                    continue
                 for T, B, I, H, L, bi in specs:
                     if mode == "streaming":
                         if bi or (I, H, L, dtype, model) in seen:
@@ -102,3 +143,11 @@ def grid_cases(name: str, device: str, models=("lstm",), quick: bool = False) ->
     """The cases of a named grid (see resolve_grid for "default")."""
     specs, dtypes, modes = GRIDS[resolve_grid(name, device, quick)]
     return make_cases(specs, dtypes, modes, models)
+
+
+def expand_modes(modes) -> tuple[str, ...]:
+    """--modes values with the "packed" shorthand expanded, duplicates dropped, order kept."""
+    out: list[str] = []
+    for m in modes:
+        out += MODE_ALIASES.get(m, (m,))
+    return tuple(dict.fromkeys(out))

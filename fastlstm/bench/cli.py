@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import torch
 
 from . import __doc__ as _package_doc
-from .cases import DTYPES, GRIDS, MODES, Case, make_cases, resolve_grid
+from .cases import DTYPES, GRIDS, MODE_ALIASES, MODES, Case, expand_modes, make_cases, resolve_grid
 from .contenders import CONTENDERS, MODELS
-from .measure import run_case
-from .report import environment, format_table, write_csv, write_json, write_plot
+from .measure import CpuPeakProbe, cpu_probe_available, run_case
+from .report import environment, format_table, header, write_csv, write_json, write_plot
 
 
 def _csv_list(s: str, conv=str) -> list:
@@ -34,18 +35,22 @@ def _bool(s: str) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fastlstm-bench", description=_package_doc.split("\n\n")[0],
+    title, _, rest = _package_doc.partition("\n\n")
+    p = argparse.ArgumentParser(prog="fastlstm-bench", description=title, epilog=rest,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda if available, else cpu")
     p.add_argument("--grid", choices=("default",) + tuple(GRIDS), default="default",
-                   help="named grid; default: cpu on the CPU, gpu on CUDA")
-    p.add_argument("--quick", action="store_true", help="the quick grid with short timings (about a minute)")
+                   help="named grid; default: cpu-default on the CPU (issue 4's cpu grid less its largest shape), "
+                   "gpu on CUDA; every grid runs float32, bfloat16 and float16")
+    p.add_argument("--quick", action="store_true", help="the quick grid with short timings (about a minute; CI)")
     p.add_argument("--shapes", help='replace the grid\'s shapes: "T,B,I,H;T,B,I,H;..."')
     p.add_argument("--layers", help="with --shapes: comma list of num_layers (default 1)")
     p.add_argument("--bidirectional", help="with --shapes: comma list of booleans (default false)")
-    p.add_argument("--dtypes", help="comma list, e.g. float32,bfloat16 (default: the grid's)")
-    p.add_argument("--modes", help="comma list of inference,training,streaming (default: the grid's)")
+    p.add_argument("--dtypes", help=f"comma list of {','.join(DTYPES)} (default: the grid's, "
+                   "float32,bfloat16,float16)")
+    p.add_argument("--modes", help=f"comma list of {','.join(MODES)}, or packed for both packed modes "
+                   "(default: the grid's; every grid but gpu has all five)")
     p.add_argument("--models", default="lstm", help=f"comma list of {','.join(MODELS)} (gru: FastGRU vs nn.GRU; "
                    "peephole: PeepholeLSTM (diagonal) vs its plain PyTorch loop in the torch column)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of " + ",".join(CONTENDERS))
@@ -78,7 +83,7 @@ def cases_from_args(a: argparse.Namespace, device: str) -> list[Case]:
     if a.dtypes:
         dtypes = _choices("--dtypes", a.dtypes, DTYPES)
     if a.modes:
-        modes = _choices("--modes", a.modes, MODES)
+        modes = expand_modes(_choices("--modes", a.modes, MODES + tuple(MODE_ALIASES)))
     models = _choices("--models", a.models, MODELS)
     return make_cases(specs, dtypes, modes, models)
 
@@ -100,11 +105,13 @@ def main(argv=None) -> list[dict]:
     if bad or "fastlstm" not in contenders:
         raise SystemExit(f"--contenders: choose from {list(CONTENDERS)}, fastlstm included; got {a.contenders}")
     cases = cases_from_args(a, device)
+    if not cases:
+        raise SystemExit("no cases: the packed modes run only for models " +
+                         ",".join(m.name for m in MODELS.values() if m.packed))
     timing = {"rounds": a.rounds or (2 if a.quick else 3),
               "min_run_time": a.min_run_time or (0.05 if a.quick else 0.2)}
     env = environment(device)
-    print(f"# fastlstm benchmark on {env.get('gpu') or env['cpu']}, torch {env['torch']}, "
-          f"{env['threads']} threads, {len(cases)} cases", flush=True)
+    print(header(env, len(cases)), flush=True)
 
     try:
         from tqdm import tqdm
@@ -113,11 +120,13 @@ def main(argv=None) -> list[dict]:
     bar = tqdm(cases, desc="fastlstm-bench", file=sys.stderr, dynamic_ncols=True) \
         if tqdm is not None and not a.no_progress else None
     rows = []
-    for case in bar if bar is not None else cases:
-        if bar is not None:
-            bar.set_postfix_str(f"{case.mode} {case.shape} {case.dtype}")
-        rows.append(run_case(case, device, contenders, memory=not a.no_memory, **timing))
-    print(format_table(rows, contenders), flush=True)
+    cpu_probe = device == "cpu" and not a.no_memory and cpu_probe_available()
+    with CpuPeakProbe() if cpu_probe else contextlib.nullcontext() as probe:
+        for case in bar if bar is not None else cases:
+            if bar is not None:
+                bar.set_postfix_str(f"{case.mode} {case.shape} {case.dtype}")
+            rows.append(run_case(case, device, contenders, memory=not a.no_memory, probe=probe, **timing))
+    print(format_table(rows, contenders, env), flush=True)
     if a.json:
         write_json(a.json, env, timing, rows)
     if a.csv:

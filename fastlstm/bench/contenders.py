@@ -7,7 +7,11 @@ row with identical weights, device and dtype:
 
 Every contender is called as module(x, state) -> (output, state) with state None at the start; "fastlstm" is
 always fastlstm's module, "torch" the baseline the ratio column compares it with, "cell_loop" (optional) a
-Python loop over a torch cell.
+Python loop over a torch cell. In the packed modes x is a PackedSequence and only the models whose baseline
+takes one (lstm, gru) run, without the cell loop.
+
+For the half types every contender holds its weights and takes its inputs in that dtype: on the CPU
+nn.LSTM then runs oneDNN's bf16/fp16 path, not a float32 one.
 """
 from __future__ import annotations
 
@@ -79,7 +83,10 @@ def _torch_rnn(case: Case, device: str, rnn_cls: type, cell_cls: type, to_fast: 
     # three start from the same numbers in the same dtype.
     ref = rnn_cls(case.I, case.H, case.layers, bidirectional=case.bidirectional, device=device,
                   dtype=case.torch_dtype)
-    return {"fastlstm": to_fast(ref), "torch": ref, "cell_loop": CellLoop(ref, cell_cls)}
+    out = {"fastlstm": to_fast(ref), "torch": ref}
+    if not case.packed:  # a cell loop takes no PackedSequence
+        out["cell_loop"] = CellLoop(ref, cell_cls)
+    return out
 
 
 def make_lstm(case: Case, device: str) -> dict[str, nn.Module]:
@@ -133,18 +140,20 @@ def make_peephole(case: Case, device: str) -> dict[str, nn.Module]:
 @dataclass(frozen=True)
 class Model:
     """One --models entry. build(case, device) -> {contender: module}, a subset of CONTENDERS ("fastlstm"
-    always); label names the ratio torch/fast in the report ("baseline/fastlstm module")."""
+    always); label names the ratio torch/fast in the report ("baseline/fastlstm module"); packed: whether
+    the packed modes apply (the baseline takes a PackedSequence)."""
 
     name: str
     label: str
     build: Callable[[Case, str], dict[str, nn.Module]]
+    packed: bool = False
 
     def __call__(self, case: Case, device: str) -> dict[str, nn.Module]:
         return self.build(case, device)
 
 
 MODELS: dict[str, Model] = {m.name: m for m in (
-    Model("lstm", "nn.LSTM/FastLSTM", make_lstm),
-    Model("gru", "nn.GRU/FastGRU", make_gru),
+    Model("lstm", "nn.LSTM/FastLSTM", make_lstm, packed=True),
+    Model("gru", "nn.GRU/FastGRU", make_gru, packed=True),
     Model("peephole", "oracle loop/PeepholeLSTM", make_peephole),
 )}

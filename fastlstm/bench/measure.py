@@ -8,9 +8,9 @@ contenders alike; the median is over all measurements of all rounds.
 Peak memory of one call (above what existed before it: parameters, inputs):
   cuda: torch.cuda.max_memory_allocated (the caching allocator's peak);
   cpu:  growth of the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs) in a
-        fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536, so every buffer of 64 KiB or more is its own
-        mapping, returned to the OS when freed. This counts everything the call touches, including oneDNN's
-        and MKL's private workspaces that no PyTorch allocator statistic sees.
+        worker subprocess (CpuPeakProbe) with MALLOC_MMAP_THRESHOLD_=65536, so every buffer of 64 KiB or more
+        is its own mapping, returned to the OS when freed. This counts everything the call touches, including
+        oneDNN's and MKL's private workspaces that no PyTorch allocator statistic sees.
 """
 from __future__ import annotations
 
@@ -20,13 +20,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from .cases import Case
+from .cases import Case, packed_lengths
 from .contenders import CONTENDERS, MODELS
 
 # (contender, row key, table heading) of each ratio: the contender's median / fastlstm's median.
@@ -38,6 +40,8 @@ def make_step(case: Case, module: nn.Module, device: str, seed: int = 0) -> Call
 
     inference: module(x [T, B, I], None) under torch.inference_mode(); training: the same with autograd, then
     backward of a fixed random output gradient into x and every parameter (gradients cleared first);
+    packed_*: the same with x a PackedSequence (enforce_sorted=False) of packed_lengths(T, B, seed), packed
+    once outside the timed call, so both contenders are timed on the recurrence, not on packing;
     streaming: module(x_t [1, 1, I], state) under inference_mode, the state carried from call to call."""
     dtype = case.torch_dtype
     g = torch.Generator().manual_seed(seed)
@@ -52,24 +56,29 @@ def make_step(case: Case, module: nn.Module, device: str, seed: int = 0) -> Call
                 state[1] = (t + 1) % case.T
         return step
 
-    x = torch.randn(case.T, case.B, case.I, generator=g).to(device, dtype)
-    if case.mode == "inference":
+    x = leaf = torch.randn(case.T, case.B, case.I, generator=g).to(device, dtype)
+    if case.packed:
+        x = pack_padded_sequence(x, packed_lengths(case.T, case.B, seed), enforce_sorted=False)
+        leaf = x.data  # [sum of lengths, I]: where the input gradient lands
+    if not case.backward:
         def step():
             with torch.inference_mode():
                 module(x, None)
         return step
 
-    x.requires_grad_(True)
+    leaf.requires_grad_(True)
     D = 2 if case.bidirectional else 1
-    gout = torch.randn(case.T, case.B, D * case.H, generator=g).to(device, dtype)
+    # The output's shape: [T, B, D*H], or packed [sum of lengths, D*H] like the input's data.
+    out_shape = (leaf.shape[0], D * case.H) if case.packed else (case.T, case.B, D * case.H)
+    gout = torch.randn(out_shape, generator=g).to(device, dtype)
     params = list(module.parameters())
 
     def step():
         for p in params:
             p.grad = None
-        x.grad = None
+        leaf.grad = None
         out, _ = module(x, None)
-        out.backward(gout)
+        (out.data if case.packed else out).backward(gout)
     return step
 
 
@@ -153,32 +162,85 @@ def _peaks(case: Case, device: str, contenders, growth: Callable[[Callable[[], N
 
 
 def cpu_peak_worker() -> None:
-    """Run in a fresh process (see peak_memory): read a case from stdin, print {contender: peak bytes}."""
-    req = json.loads(sys.stdin.read())
-    torch.set_num_threads(req["threads"])
-    print(json.dumps(_peaks(Case(**req["case"]), "cpu", req["contenders"], _rss_growth)))
+    """The CpuPeakProbe process: for each JSON request line on stdin ({"case", "contenders", "threads"}),
+    one JSON line {contender: peak bytes} on stdout."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        torch.set_num_threads(req["threads"])
+        print(json.dumps(_peaks(Case(**req["case"]), "cpu", req["contenders"], _rss_growth)), flush=True)
 
 
-def peak_memory(case: Case, device: str, contenders=CONTENDERS) -> dict[str, Optional[int]]:
+class CpuPeakProbe:
+    """A worker subprocess measuring the CPU peak memory of cases one after another; use as a context
+    manager, call as probe(case, contenders) -> {contender: bytes}.
+
+    One process for a whole run, not one per case: starting Python and importing torch (over a second on
+    a loaded 2-core machine) cost more than the measurement itself, and the quick grid has ~30 cases. The
+    measurement is the same as in a fresh process: every call is measured after a warm-up call of the same
+    module, against the resident set just before it, and the worker's MALLOC_MMAP_THRESHOLD_ returns every
+    buffer of 64 KiB or more to the OS when freed, so an earlier case leaves nothing large to reuse (only
+    small heap chunks, within the probe's ~0.1-0.5 MB noise)."""
+
+    def __init__(self, threads: Optional[int] = None):
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
+                   # Its OpenMP threads must sleep, not spin, while the parent times the next case.
+                   OMP_WAIT_POLICY="PASSIVE")
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding the fastlstm package
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.threads = threads or torch.get_num_threads()
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block the worker
+        self._p = subprocess.Popen(
+            [sys.executable, "-c", "from fastlstm.bench.measure import cpu_peak_worker; cpu_peak_worker()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env)
+
+    def __call__(self, case: Case, contenders=CONTENDERS) -> dict[str, int]:
+        req = {"case": dataclasses.asdict(case), "contenders": list(contenders), "threads": self.threads}
+        self._p.stdin.write(json.dumps(req) + "\n")
+        self._p.stdin.flush()
+        line = self._p.stdout.readline()
+        if not line:
+            self._stderr.seek(0)
+            raise RuntimeError(f"the memory probe process died (exit {self._p.wait()}) on {case}:\n"
+                               + self._stderr.read()[-4000:])
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self._p.poll() is None:
+            self._p.stdin.close()
+            self._p.wait()
+        self._stderr.close()
+
+    def __enter__(self) -> "CpuPeakProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def cpu_probe_available() -> bool:
+    return os.path.exists("/proc/self/clear_refs")
+
+
+def peak_memory(case: Case, device: str, contenders=CONTENDERS,
+                probe: Optional[CpuPeakProbe] = None) -> dict[str, Optional[int]]:
     """Peak bytes one call allocates above its starting point, per contender (see the module docstring);
-    None per contender where the CPU probe is unavailable (no /proc/self/clear_refs)."""
+    None per contender where the CPU probe is unavailable (no /proc/self/clear_refs). On the CPU a given
+    probe is used, else one is started for this case alone."""
     if device == "cuda":
         return _peaks(case, device, contenders, _cuda_growth)
-    if not os.path.exists("/proc/self/clear_refs"):
+    if not cpu_probe_available():
         return {name: None for name in contenders}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding the fastlstm package
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    req = {"case": dataclasses.asdict(case), "contenders": list(contenders), "threads": torch.get_num_threads()}
-    p = subprocess.run([sys.executable, "-c", "from fastlstm.bench.measure import cpu_peak_worker; cpu_peak_worker()"],
-                       input=json.dumps(req), capture_output=True, text=True, env=env, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    if probe is not None:
+        return probe(case, contenders)
+    with CpuPeakProbe() as probe:
+        return probe(case, contenders)
 
 
-def run_case(case: Case, device: str, contenders=CONTENDERS, memory: bool = True, **timing) -> dict:
+def run_case(case: Case, device: str, contenders=CONTENDERS, memory: bool = True,
+             probe: Optional[CpuPeakProbe] = None, **timing) -> dict:
     """Time (and measure the memory of) one case; returns one flat result row: the case's fields, then per
     contender `{c}_ms` and `{c}_iqr_ms` (milliseconds per call), the ratios of RATIOS, and `{c}_peak_mb`
-    (MiB; not for streaming)."""
+    (MiB; not for streaming; on the CPU through `probe` if given)."""
     t = time_case(case, device, contenders, **timing)
     row = dataclasses.asdict(case)
     for name in t:
@@ -187,7 +249,7 @@ def run_case(case: Case, device: str, contenders=CONTENDERS, memory: bool = True
     for name, key, _ in RATIOS:
         if name in t and "fastlstm" in t:
             row[key] = t[name]["median"] / t["fastlstm"]["median"]
-    if memory and case.mode != "streaming":
-        for name, b in peak_memory(case, device, contenders).items():
+    if memory and case.mode != "streaming":  # a one-step call allocates next to nothing
+        for name, b in peak_memory(case, device, contenders, probe).items():
             row[f"{name}_peak_mb"] = None if b is None else b / 2**20
     return row

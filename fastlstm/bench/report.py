@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import time
+from typing import Optional
 
 import torch
 
@@ -50,8 +51,25 @@ def _label(model: str) -> str:
     return MODELS[model].label if model in MODELS else model
 
 
-def format_table(rows: list[dict], contenders=CONTENDERS) -> str:
-    """The stdout table, one line per case, with per-mode geometric means of the ratios."""
+def machine(env: dict) -> str:
+    """One line naming what the numbers hold for: processor (GPU or CPU model), torch, threads."""
+    return f"{env.get('gpu') or env['cpu']}, torch {env['torch']}, {env['threads']} threads"
+
+
+def header(env: dict, n_cases: int) -> str:
+    """The two comment lines a run starts with."""
+    extra = [env["date"], f"{env['device']} (ATen CPU capability {env['cpu_capability']}, "
+             f"{env['cpu_count']} CPUs)", f"python {env['python']}"]
+    if env["device"] == "cuda":
+        extra.append(f"CUDA {env['cuda']}, cuDNN {env['cudnn']}")
+    if "fastlstm" in env:
+        extra.append(f"fastlstm {env['fastlstm']}")
+    return f"# fastlstm benchmark on {machine(env)}, {n_cases} cases\n# " + "; ".join(extra)
+
+
+def format_table(rows: list[dict], contenders=CONTENDERS, env: Optional[dict] = None) -> str:
+    """The stdout table, one line per case, then the geometric means of the ratio torch/fast per dtype,
+    model and mode (each dtype's block headed by the machine it ran on when env is given)."""
     ratios = [(key, head) for name, key, head in RATIOS if name in contenders]
     mem = [c for c in contenders if c != "cell_loop"]
     head = ["mode", "model", "shape", "dtype"] + [f"{c} ms" for c in contenders] + [h for _, h in ratios] + \
@@ -67,16 +85,18 @@ def format_table(rows: list[dict], contenders=CONTENDERS) -> str:
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines]
-    if "torch" in contenders:
-        out.append("")
-        for model in dict.fromkeys(r["model"] for r in rows):
-            for mode in dict.fromkeys(r["mode"] for r in rows if r["model"] == model):
-                for dtype in dict.fromkeys(r["dtype"] for r in rows if r["mode"] == mode):
-                    sel = [r["ratio"] for r in rows if r["model"] == model and r["mode"] == mode
-                           and r["dtype"] == dtype and "ratio" in r]
-                    if sel:
-                        out.append(f"geomean {_label(model):<24} {mode:<9} {dtype:<8}: "
-                                   f"{geomean(sel):.2f}x (min {min(sel):.2f}x, {len(sel)} cases)")
+    rated = [r for r in rows if "ratio" in r]
+    label_w = max([24] + [len(_label(r["model"])) for r in rated])
+    mode_w = max([9] + [len(r["mode"]) for r in rated])
+    groups: dict[tuple, list[float]] = {}  # (dtype, model, mode) -> ratios, in the rows' order
+    for r in rated:
+        groups.setdefault((r["dtype"], r["model"], r["mode"]), []).append(r["ratio"])
+    for dtype in dict.fromkeys(k[0] for k in groups):
+        out += ["", f"{dtype} on {machine(env)}:"] if env else [""]
+        for (dt, model, mode), sel in groups.items():
+            if dt == dtype:
+                out.append(f"geomean {_label(model):<{label_w}} {mode:<{mode_w}} {dtype:<8}: "
+                           f"{geomean(sel):.2f}x (min {min(sel):.2f}x, {len(sel)} cases)")
     return "\n".join(out)
 
 
