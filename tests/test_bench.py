@@ -4,13 +4,16 @@ same weights and inputs in the same dtype (or the ratios mean nothing); the memo
 are refused. The timings themselves are not checked."""
 import csv
 import json
+import math
 import re
 
 import pytest
 import torch
 
+import fastlstm
 from fastlstm import bench
 from fastlstm.bench import cases, measure
+from fastlstm.bench.contenders import LayerNormLSTMLoop
 
 TINY = ["--device", "cpu", "--shapes", "3,2,4,5", "--rounds", "1", "--min-run-time", "0.001", "--no-progress"]
 
@@ -179,6 +182,133 @@ def test_memory_probe_measures():
     assert tiny["fastlstm"] < 800 * 1024
     one_off = bench.peak_memory(big, "cpu", ("fastlstm",))
     assert one_off["fastlstm"] > 800 * 1024
+
+
+# ------------------------------------------------------------------------------ the LayerNorm LSTM baseline
+
+def test_layernorm_loop_one_step_by_hand():
+    # I = H = 1, x = 1, h0 = c0 = 0, W_ih = [1, 2, 3, 4]^T, every other weight and bias 0, LN scales 1, LN
+    # shifts 0 except the cell's, 0.5. Then W_ih x = [1, 2, 3, 4]: mean 2.5, biased variance 1.25, so
+    # pre = [-1.5, -0.5, 0.5, 1.5] / s with s = sqrt(1.25 + 1e-5) (W_hh h0 = 0 normalises to the zero shift);
+    # c = sigmoid(-1.5/s) * tanh(0.5/s) (f * c0 = 0), and LN of the single cell value is its shift, 0.5:
+    # h = sigmoid(1.5/s) * tanh(0.5).
+    m = LayerNormLSTMLoop(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.zero_()
+        m.weight_ih_l0.copy_(torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+        for part in ("ih", "hh", "c"):
+            getattr(m, f"layernorm_{part}_weight_l0").fill_(1.0)
+        m.layernorm_c_bias_l0.fill_(0.5)
+    out, (h, c) = m(torch.ones(1, 1, 1, dtype=torch.float64))
+    s = math.sqrt(1.25 + 1e-5)
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert c.item() == pytest.approx(sig(-1.5 / s) * math.tanh(0.5 / s), rel=1e-14)
+    assert h.item() == pytest.approx(sig(1.5 / s) * math.tanh(0.5), rel=1e-14)
+    assert out.item() == h.item()
+
+
+def _ln(v, g, b, eps=1e-5):
+    mean = sum(v) / len(v)
+    var = sum((a - mean) ** 2 for a in v) / len(v)
+    return [(a - mean) / math.sqrt(var + eps) * gg + bb for a, gg, bb in zip(v, g, b)]
+
+
+def _matvec(w, v):
+    return [sum(a * b for a, b in zip(row, v)) for row in w]
+
+
+def _ln_lstm_by_hand(xs, h, c, P):
+    """One layer, one direction, one batch row, in Python floats: xs a list over steps of [I] lists,
+    h and c [H] lists, P {parameter name without suffix: nested lists}. Returns ([h_t per step], h, c)."""
+    H = len(h)
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    outs = []
+    for x in xs:
+        pre = [a + b + bi + bh for a, b, bi, bh in zip(
+            _ln(_matvec(P["weight_ih"], x), P["layernorm_ih_weight"], P["layernorm_ih_bias"]),
+            _ln(_matvec(P["weight_hh"], h), P["layernorm_hh_weight"], P["layernorm_hh_bias"]),
+            P["bias_ih"], P["bias_hh"])]
+        i, f = [sig(v) for v in pre[:H]], [sig(v) for v in pre[H:2 * H]]
+        g, o = [math.tanh(v) for v in pre[2 * H:3 * H]], [sig(v) for v in pre[3 * H:]]
+        c = [fj * cj + ij * gj for fj, cj, ij, gj in zip(f, c, i, g)]
+        h = [oj * math.tanh(v) for oj, v in zip(o, _ln(c, P["layernorm_c_weight"], P["layernorm_c_bias"]))]
+        outs.append(h)
+    return outs, h, c
+
+
+def test_layernorm_loop_matches_the_cell_by_hand():
+    # Two layers, both directions, three steps, a given (h0, c0), every parameter random (LN scales and shifts
+    # too): the loop against the cell written out in Python floats, row by row.
+    T, B, I, H, L = 3, 2, 3, 2, 2
+    torch.manual_seed(0)
+    m = LayerNormLSTMLoop(I, H, L, bidirectional=True, dtype=torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    x, h0, c0 = (torch.randn(*s, dtype=torch.float64) for s in ((T, B, I), (2 * L, B, H), (2 * L, B, H)))
+    out, (h_n, c_n) = m(x, (h0, c0))
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "layernorm_ih_weight", "layernorm_ih_bias",
+             "layernorm_hh_weight", "layernorm_hh_bias", "layernorm_c_weight", "layernorm_c_bias")
+    for b in range(B):
+        seq = x[:, b].tolist()
+        for layer in range(L):
+            outs = []
+            for d in range(2):
+                k, sfx = 2 * layer + d, f"_l{layer}" + ("_reverse" if d else "")
+                P = {n: getattr(m, n + sfx).tolist() for n in names}
+                ys, h, c = _ln_lstm_by_hand(seq[::-1] if d else seq, h0[k, b].tolist(), c0[k, b].tolist(), P)
+                outs.append(ys[::-1] if d else ys)
+                torch.testing.assert_close(h_n[k, b], torch.tensor(h, dtype=torch.float64), rtol=0, atol=1e-12)
+                torch.testing.assert_close(c_n[k, b], torch.tensor(c, dtype=torch.float64), rtol=0, atol=1e-12)
+            seq = [fw + bw for fw, bw in zip(*outs)]
+        torch.testing.assert_close(out[:, b], torch.tensor(seq, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_layernorm_loop_parameters_and_batch_first():
+    m = LayerNormLSTMLoop(3, 4, 2, bidirectional=True)
+    shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
+    assert shapes["weight_ih_l1_reverse"] == (16, 8) and shapes["layernorm_c_bias_l0"] == (4,)
+    assert shapes["layernorm_hh_weight_l1"] == (16,) and len(shapes) == 2 * 2 * 10
+    assert len(list(LayerNormLSTMLoop(3, 4, bias=False).parameters())) == 8
+    assert (m.layernorm_ih_weight_l0 == 1).all() and (m.layernorm_c_bias_l1_reverse == 0).all()
+    x = torch.randn(5, 2, 3)
+    out, (h, c) = m(x)
+    m.batch_first = True
+    out_bf, (h_bf, c_bf) = m(x.transpose(0, 1))
+    torch.testing.assert_close(out_bf.transpose(0, 1), out)
+    torch.testing.assert_close(h_bf, h)
+
+
+def test_layernorm_model_in_the_cli(monkeypatch, capsys):
+    # The contender plumbing, with the baseline itself standing in for fastlstm.LayerNormLSTM where the
+    # build lacks it (the real module takes over once it exists: same constructor and parameter names).
+    if not hasattr(fastlstm, "LayerNormLSTM"):
+        monkeypatch.setattr(fastlstm, "LayerNormLSTM", LayerNormLSTMLoop, raising=False)
+    assert "layernorm" in bench.available_models()
+    case = bench.Case("training", 4, 2, 3, 5, layers=2, bidirectional=True, dtype="float64", model="layernorm")
+    mods = bench.MODELS["layernorm"](case, "cpu")
+    assert set(mods) == {"fastlstm", "torch"} and isinstance(mods["torch"], LayerNormLSTMLoop)
+    for name, p in _params(mods["torch"]).items():
+        assert torch.equal(p, _params(mods["fastlstm"])[name]), name
+    rows = bench.main(TINY + ["--models", "layernorm", "--dtypes", "float32", "--no-memory"])
+    out = capsys.readouterr().out
+    assert [r["mode"] for r in rows] == ["inference", "training", "streaming"]  # no packed rows
+    assert all(r["ratio"] > 0 and "cell_loop_ms" not in r for r in rows)
+    assert re.search(r"geomean LN loop/LayerNormLSTM +training +float32", out)
+
+
+def test_layernorm_model_absent(monkeypatch, capsys):
+    monkeypatch.delattr(fastlstm, "LayerNormLSTM", raising=False)
+    assert "layernorm" not in bench.available_models() and "lstm" in bench.available_models()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", "cpu", "--no-progress", "--models", "lstm,layernorm"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "fastlstm-bench: --models layernorm: fastlstm.LayerNormLSTM is not in this build of fastlstm\n"
+    # all = what this build has
+    assert {c.model for c in bench.cases_from_args(bench.parse_args(["--models", "all", "--quick"]), "cpu")} == \
+        {"lstm", "gru", "peephole"}
 
 
 def test_bad_flags(capsys):

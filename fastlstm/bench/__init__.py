@@ -8,8 +8,10 @@
     python -m fastlstm.bench --models lstm,gru,peephole --dtypes float32
 
 Models: lstm (FastLSTM vs nn.LSTM and an nn.LSTMCell loop), gru (FastGRU vs nn.GRU and an nn.GRUCell loop),
-peephole (PeepholeLSTM, diagonal, vs its plain PyTorch loop). Every contender holds its weights and gets its
-inputs in the case's dtype (float32, bfloat16, float16; on the CPU nn.LSTM then runs oneDNN's half path).
+peephole (PeepholeLSTM, diagonal, vs its plain PyTorch loop), layernorm (LayerNormLSTM vs the same model in
+plain PyTorch: F.layer_norm and a loop over time; in builds with fastlstm.LayerNormLSTM). Every contender holds
+its weights and gets its inputs in the case's dtype (float32, bfloat16, float16; on the CPU nn.LSTM then runs
+oneDNN's half path).
 
 Modes (shapes are (T, B, I, H): steps, batch, input size, hidden size):
   inference         forward of the whole sequence under torch.inference_mode();
@@ -29,13 +31,13 @@ measured in a worker subprocess). The report starts with the machine, torch, thr
 # the memory probe), report (environment, table, geomeans, --json/--csv/--plot), cli (argparse, main).
 from .cases import (CPU_DEFAULT_SPECS, CPU_SPECS, DTYPES, GPU_SPECS, GRIDS, MODES, QUICK_SPECS, Case, Spec,
                     grid_cases, make_cases, packed_lengths)
-from .contenders import CONTENDERS, MODELS, CellLoop, Model, PeepholeOracle
+from .contenders import CONTENDERS, MODELS, CellLoop, LayerNormLSTMLoop, Model, PeepholeOracle, available_models
 from .measure import RATIOS, CpuPeakProbe, make_step, peak_memory, run_case, time_case
 from .report import environment, format_table, geomean, write_csv, write_json, write_plot
 from .cli import cases_from_args, main, parse_args
 
 __all__ = ["Case", "Spec", "MODES", "DTYPES", "CPU_SPECS", "CPU_DEFAULT_SPECS", "GPU_SPECS", "QUICK_SPECS",
            "GRIDS", "make_cases", "grid_cases", "packed_lengths", "CONTENDERS", "MODELS", "Model", "CellLoop",
-           "PeepholeOracle", "RATIOS", "CpuPeakProbe", "make_step", "time_case", "peak_memory", "run_case",
-           "environment", "format_table", "geomean", "write_csv", "write_json", "write_plot", "parse_args",
-           "cases_from_args", "main"]
+           "PeepholeOracle", "LayerNormLSTMLoop", "available_models", "RATIOS", "CpuPeakProbe", "make_step",
+           "time_case", "peak_memory", "run_case", "environment", "format_table", "geomean", "write_csv",
+           "write_json", "write_plot", "parse_args", "cases_from_args", "main"]

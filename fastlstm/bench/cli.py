@@ -9,7 +9,7 @@ import torch
 
 from . import __doc__ as _package_doc
 from .cases import DTYPES, GRIDS, MODE_ALIASES, MODES, Case, expand_modes, make_cases, resolve_grid
-from .contenders import CONTENDERS, MODELS
+from .contenders import CONTENDERS, MODELS, available_models
 from .measure import CpuPeakProbe, cpu_probe_available, run_case
 from .report import environment, format_table, header, write_csv, write_json, write_plot
 
@@ -51,8 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "float32,bfloat16,float16)")
     p.add_argument("--modes", help=f"comma list of {','.join(MODES)}, or packed for both packed modes "
                    "(default: the grid's; every grid but gpu has all five)")
-    p.add_argument("--models", default="lstm", help=f"comma list of {','.join(MODELS)} (gru: FastGRU vs nn.GRU; "
-                   "peephole: PeepholeLSTM (diagonal) vs its plain PyTorch loop in the torch column)")
+    have = available_models()
+    p.add_argument("--models", default="lstm", help=f"comma list of {','.join(have)}, or all (default lstm; gru: "
+                   "FastGRU vs nn.GRU; peephole: PeepholeLSTM (diagonal) vs its plain PyTorch loop; layernorm: "
+                   "LayerNormLSTM vs the same model with F.layer_norm and a loop over time"
+                   + ("" if "layernorm" in have else ", needs fastlstm.LayerNormLSTM, not in this build") + ")")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of " + ",".join(CONTENDERS))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--rounds", type=int, help="interleaved rounds per case (default 3, quick 2)")
@@ -84,7 +87,14 @@ def cases_from_args(a: argparse.Namespace, device: str) -> list[Case]:
         dtypes = _choices("--dtypes", a.dtypes, DTYPES)
     if a.modes:
         modes = expand_modes(_choices("--modes", a.modes, MODES + tuple(MODE_ALIASES)))
-    models = _choices("--models", a.models, MODELS)
+    models = _choices("--models", a.models, tuple(MODELS) + ("all",))
+    models = tuple(dict.fromkeys(m for name in models for m in (available_models() if name == "all" else (name,))))
+    for m in models:
+        if not MODELS[m].available():
+            # One line and exit status 2 (argparse's for an unusable argument): the build lacks the module.
+            print(f"fastlstm-bench: --models {m}: {MODELS[m].requires} is not in this build of fastlstm",
+                  file=sys.stderr)
+            raise SystemExit(2)
     return make_cases(specs, dtypes, modes, models)
 
 
