@@ -66,6 +66,23 @@ def test_cli_default_reports_every_dtype_and_packed(capsys):
     assert re.search(r"geomean nn.GRU/FastGRU +packed_training +bfloat16", out)
 
 
+def test_plot_and_table_from_rows(tmp_path):
+    # Rows as run_case makes them (here by hand: the report must not re-measure), packed and half types too.
+    pytest.importorskip("matplotlib")
+    rows = []
+    for i, (mode, dtype) in enumerate([("training", "float32"), ("packed_training", "bfloat16"),
+                                       ("streaming", "float16")]):
+        case = bench.Case(mode, 5, 1 if mode == "streaming" else 2, 3, 4, dtype=dtype)
+        rows.append(dict(vars(case), fastlstm_ms=1.0, torch_ms=2.0 + i, ratio=2.0 + i))
+    png = tmp_path / "s.png"
+    bench.write_plot(str(png), rows, bench.environment("cpu"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = bench.format_table(rows, ("fastlstm", "torch"))
+    assert "geomean nn.LSTM/FastLSTM         packed_training bfloat16: 3.00x (min 3.00x, 1 cases)" in table
+    assert table.splitlines()[0].split() == ["mode", "model", "shape", "dtype", "fastlstm", "ms", "torch", "ms",
+                                             "torch/fast", "fastlstm", "MB", "torch", "MB"]
+
+
 def test_grids():
     cpu = bench.grid_cases("cpu", "cpu")
     shapes = {(c.T, c.B, c.I, c.H, c.layers, c.bidirectional) for c in cpu if c.mode == "training"}
