@@ -5,6 +5,7 @@ are refused. The timings themselves are not checked."""
 import csv
 import json
 import math
+import os
 import re
 
 import pytest
@@ -52,14 +53,17 @@ def test_cli_default_reports_every_dtype_and_packed(capsys):
         assert ("cell_loop_ms" in r) == (not r["mode"].startswith("packed"))  # no cell loop on a PackedSequence
     # the header: CPU model (from /proc/cpuinfo), torch version, threads, date
     env = bench.environment("cpu")
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if "model name" in cpuinfo:  # x86 Linux; elsewhere the name comes from platform
+        assert f"model name\t: {env['cpu']}\n" in cpuinfo
+    n = torch.get_num_threads()
+    machine = f"{env['cpu']}, torch {torch.__version__}, {n} thread{'' if n == 1 else 's'}"
     first, second = out.splitlines()[:2]
-    assert first == f"# fastlstm benchmark on {env['cpu']}, torch {torch.__version__}, " \
-                    f"{torch.get_num_threads()} threads, {len(rows)} cases"
+    assert first == f"# fastlstm benchmark on {machine}, {len(rows)} cases"
     assert re.match(r"# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC; cpu ", second)
     # one geomean block per dtype, headed by the machine, one line per model and mode
     for dtype in ("float32", "bfloat16", "float16"):
-        block = out.split(f"\n{dtype} on {env['cpu']}, torch {torch.__version__}, "
-                          f"{torch.get_num_threads()} threads:\n")[1].split("\n\n")[0].splitlines()
+        block = out.split(f"\n{dtype} on {machine}:\n")[1].split("\n\n")[0].splitlines()
         assert len(block) == 2 * len(bench.MODES)
         assert all(re.match(rf"geomean nn\.(LSTM/FastLSTM|GRU/FastGRU) +[a-z_]+ +{dtype} *: \d+\.\d\dx", line)
                    for line in block)

@@ -53,7 +53,8 @@ def _label(model: str) -> str:
 
 def machine(env: dict) -> str:
     """One line naming what the numbers hold for: processor (GPU or CPU model), torch, threads."""
-    return f"{env.get('gpu') or env['cpu']}, torch {env['torch']}, {env['threads']} threads"
+    n = env["threads"]
+    return f"{env.get('gpu') or env['cpu']}, torch {env['torch']}, {n} thread{'' if n == 1 else 's'}"
 
 
 def header(env: dict, n_cases: int) -> str:
