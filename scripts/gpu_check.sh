@@ -68,11 +68,11 @@ fi
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   step "benchmark"
-  if [ -f fastlstm/bench.py ]; then
+  if [ -f fastlstm/bench/__main__.py ] || [ -f fastlstm/bench.py ]; then  # the package, or the old module
     "$PY" -m fastlstm.bench --device cuda --grid gpu --json "$OUT/bench_gpu.json" > "$OUT/bench.log" 2>&1 || status=1
     tail -30 "$OUT/bench.log"
   else
-    echo "fastlstm/bench.py is not in this checkout: no benchmark" | tee "$OUT/bench.log"
+    echo "fastlstm/bench is not in this checkout: no benchmark" | tee "$OUT/bench.log"
     status=1
   fi
 fi
