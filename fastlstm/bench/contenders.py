@@ -123,22 +123,16 @@ class PeepholeOracle(nn.Module):
                                  self.m.bidirectional, compute_dtype=x.dtype)
 
 
-def _twin(cls: type, case: Case, device: str, **kw) -> tuple[nn.Module, nn.Module]:
-    # Two instances of a fastlstm module with the same weights: one to time, one for a baseline to read its
-    # parameters from (a separate copy, so the two never share gradient buffers).
-    args = (case.I, case.H, case.layers)
-    kw.update(bidirectional=case.bidirectional, device=device, dtype=case.torch_dtype)
-    m, twin = cls(*args, **kw), cls(*args, **kw)
-    twin.load_state_dict(m.state_dict())
-    return m, twin
-
-
 def make_peephole(case: Case, device: str) -> dict[str, nn.Module]:
     """PeepholeLSTM (diagonal) as "fastlstm" and its oracle loop in the "torch" slot (there is no torch
     peephole LSTM). Compare with FastLSTM through the lstm rows of the same run (--models lstm,peephole)."""
     from ..peephole import PeepholeLSTM
 
-    m, twin = _twin(PeepholeLSTM, case, device, peephole="diagonal")
+    kw = dict(bidirectional=case.bidirectional, peephole="diagonal", device=device, dtype=case.torch_dtype)
+    m = PeepholeLSTM(case.I, case.H, case.layers, **kw)
+    # The oracle reads its parameters from a copy: the two never share gradient buffers.
+    twin = PeepholeLSTM(case.I, case.H, case.layers, **kw)
+    twin.load_state_dict(m.state_dict())
     return {"fastlstm": m, "torch": PeepholeOracle(twin)}
 
 
