@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid", choices=("default",) + tuple(GRIDS), default="default",
                    help="named grid; default: cpu-default on the CPU (issue 4's cpu grid less its largest shape), "
                    "gpu on CUDA; every grid runs float32, bfloat16 and float16")
-    p.add_argument("--quick", action="store_true", help="the quick grid with short timings (about a minute; CI)")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick grid with short timings (under a minute on a quiet machine; what CI runs)")
     p.add_argument("--shapes", help='replace the grid\'s shapes: "T,B,I,H;T,B,I,H;..."')
     p.add_argument("--layers", help="with --shapes: comma list of num_layers (default 1)")
     p.add_argument("--bidirectional", help="with --shapes: comma list of booleans (default false)")
