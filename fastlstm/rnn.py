@@ -228,7 +228,7 @@ class RNNEngine:
         return hx.unsqueeze(1)
 
     def forward(self, input, hx=None):
-        if export.is_onnx_exporting():  # ONNX export: the standard ONNX operator, not fastlstm's ops
+        if export.is_onnx_exporting():  # ONNX's own LSTM/GRU operators, not fastlstm's ops (fastlstm/export.py)
             return export.forward(self, input, hx)
         if type(input) is Tensor and not torch.compiler.is_compiling():
             result = self._forward_lean(input, hx)
@@ -467,9 +467,7 @@ class CustomRNNBase(RNNEngine, nn.Module):
         the subclass's __init__ once its own configuration is set."""
         D = 2 if self.bidirectional else 1
         kw = self.__dict__.pop("_factory")
-        # Stored as _param_names, the name PeepholeLSTM has always pickled it under (fastlstm 0.1.0
-        # checkpoints hold it); _flat_weights_names, nn.RNNBase's name for it, reads the same list.
-        self._param_names: list[str] = []
+        self._flat_weights_names: list[str] = []
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.hidden_size * D
             shapes = self._param_shapes(layer_input)
@@ -478,7 +476,7 @@ class CustomRNNBase(RNNEngine, nn.Module):
                 for name, flag in self.cell.params:
                     if flag is None or getattr(self, flag):
                         self.register_parameter(name + sfx, nn.Parameter(torch.empty(shapes[name], **kw)))
-                        self._param_names.append(name + sfx)
+                        self._flat_weights_names.append(name + sfx)
         self.reset_parameters()
 
     def _uniform_(self, *tensors) -> None:
@@ -487,9 +485,18 @@ class CustomRNNBase(RNNEngine, nn.Module):
         for p in tensors:
             init.uniform_(p, -stdv, stdv)
 
+    def __setstate__(self, state):
+        # Whole modules pickled by fastlstm 0.1.0 (PeepholeLSTM then kept its parameter names in
+        # `_param_names`, and had no `_factory`): rebuild what this version's __init__ would have set.
+        super().__setstate__(state)
+        if "_flat_weights_names" not in self.__dict__:
+            old = self.__dict__.pop("_param_names", None)
+            self._flat_weights_names = list(old) if isinstance(old, (list, tuple)) else list(self._parameters)
+        self.__dict__.setdefault("_factory", {"device": None, "dtype": None})
+
     @property
-    def _flat_weights_names(self) -> list[str]:
-        return self._param_names
+    def _param_names(self) -> list[str]:
+        return self._flat_weights_names
 
     @property
     def _flat_weights(self) -> list[Tensor]:

@@ -246,7 +246,6 @@ def test_not_exporting_outside_export():
     assert not fexport.is_onnx_exporting()
     m = fastlstm.FastLSTM(4, 6)
     out, _ = m(torch.randn(3, 2, 4, requires_grad=True))
-    # fastlstm's own op ran: the grad_fn is the autograd registered on torch.ops.fastlstm.lstm_forward.
     assert out.grad_fn is not None and "fastlstm_lstm_forward" in type(out.grad_fn).__name__
 
 

@@ -205,9 +205,9 @@ struct LayerNormLstmOps {
             r.grad_w_hh,
             db,
             dot_rows(r.dgx, sv.norm_ih),
-            db,
+            db.clone(),  // outputs of an op may not alias each other
             dot_rows(r.dgx, sv.norm_hh),
-            db,
+            db.clone(),
             at::sum(dy * c_hat, {0, 1}).to(input.scalar_type()),
             at::sum(dy, {0, 1}).to(input.scalar_type())};
     (void)acc;
