@@ -269,6 +269,54 @@ struct CellBase {
   }
 };
 
+// What a device has unless it says otherwise: the four floating dtypes, the input projection and the
+// recurrent products as plain ATen GEMMs (cuBLAS on CUDA, on the current stream). The CPU device replaces
+// the GEMMs with its GEMV and MKL-packed hooks.
+struct AtenDevice {
+  // One op call's scope (a device guard, say): nothing by default.
+  struct Call {
+    Call(const Tensor&, int64_t) {}
+  };
+  static void check_dtype(const Check& chk, const Tensor& input) {
+    const auto t = input.scalar_type();
+    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
+      chk.fail("input", std::string("must be float32, float64, bfloat16 or float16 on ") +
+                            c10::DeviceTypeName(input.device().type()) + ", got " + c10::toString(t));
+    }
+  }
+  // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]).
+  static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
+    if (bias.defined()) {
+      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
+    } else {
+      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
+    }
+  }
+  // The recurrent weight w [N, K] for one op call: out [B, N] (+)= h [B, K] @ w^T forward, out [B, K] (+)=
+  // dg [B, N] @ w backward.
+  class Recurrent {
+   public:
+    Recurrent(const Tensor& w, int64_t, int64_t) : w_(w) {}
+    void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
+      if (accumulate) {
+        const_cast<Tensor&>(out).addmm_(h, w_.t());
+      } else {
+        at::mm_out(const_cast<Tensor&>(out), h, w_.t());
+      }
+    }
+    void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
+      if (accumulate) {
+        const_cast<Tensor&>(out).addmm_(dg, w_);
+      } else {
+        at::mm_out(const_cast<Tensor&>(out), dg, w_);
+      }
+    }
+
+   private:
+    Tensor w_;
+  };
+};
+
 // One forward step's operands (slices at step t; undefined where the cell has none).
 template <class Cell>
 struct ForwardStep {

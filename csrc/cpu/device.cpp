@@ -90,18 +90,8 @@ constexpr int64_t kMinPackedSteps = 4;
 
 }  // namespace
 
-struct CpuDevice {
-  static void check_dtype(const Check& chk, const Tensor& input) {
-    const auto t = input.scalar_type();
-    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
-      chk.fail("input", "must be float32, float64, bfloat16 or float16 on the CPU, got " + std::string(c10::toString(t)));
-    }
-  }
-
-  // One op call's scope: nothing to hold on the CPU.
-  struct Call {
-    Call(const Tensor&, int64_t) {}
-  };
+// AtenDevice's dtype check; the GEMMs are this device's own (GEMV kernels, MKL's packed SGEMM).
+struct CpuDevice : AtenDevice {
 
   // Runs Pass over `rows` batch rows of width H, in parallel over rows; make(TypeTag<S>) gives its Args<S>.
   template <class Pass, class Make>
@@ -141,11 +131,7 @@ struct CpuDevice {
       gemv(g2d, x2d, w_ih);
       return;
     }
-    if (bias.defined()) {
-      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
-    } else {
-      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
-    }
+    AtenDevice::input_mm(g2d, x2d, w_ih, bias);
   }
 
   // The recurrent weight w [N, K] (N = G, K = P) for the steps of one op call: out [B, N] (+)= h [B, K] @ w^T

@@ -20,13 +20,8 @@
 namespace fastlstm {
 namespace gpu {
 
-struct CudaDevice {
-  static void check_dtype(const Check& chk, const Tensor& input) {
-    const auto t = input.scalar_type();
-    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
-      chk.fail("input", "must be float32, float64, bfloat16 or float16 on CUDA, got " + std::string(c10::toString(t)));
-    }
-  }
+// The dtype check, the input projection and the recurrent GEMMs are AtenDevice's (cuBLAS, current stream).
+struct CudaDevice : AtenDevice {
 
   // One op call's scope: the input's device, and float32 GEMMs that follow cuDNN's RNN TF32 setting
   // (torch.backends.cudnn.allow_tf32 / cudnn.rnn.fp32_precision, on by default), the one nn.LSTM's cuDNN
@@ -65,40 +60,6 @@ struct CudaDevice {
     });
   }
 
-  // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]).
-  static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
-    if (bias.defined()) {
-      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
-    } else {
-      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
-    }
-  }
-
-  // The recurrent weight w [N, K]: out [B, N] (+)= h [B, K] @ w^T forward, out [B, K] (+)= dg [B, N] @ w
-  // backward, through cuBLAS.
-  class Recurrent {
-   public:
-    Recurrent(const Tensor& w, int64_t, int64_t) : w_(w) {}
-    void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
-      Tensor& o = const_cast<Tensor&>(out);
-      if (accumulate) {
-        o.addmm_(h, w_.t());
-      } else {
-        at::mm_out(o, h, w_.t());
-      }
-    }
-    void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
-      Tensor& o = const_cast<Tensor&>(out);
-      if (accumulate) {
-        o.addmm_(dg, w_);
-      } else {
-        at::mm_out(o, dg, w_);
-      }
-    }
-
-   private:
-    Tensor w_;
-  };
 };
 
 }  // namespace gpu

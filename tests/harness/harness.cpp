@@ -35,16 +35,8 @@ void set_plan(int64_t max_vec, bool launcher_min_blocks) {
 
 int64_t last_vec() { return g_last_vec; }
 
-struct HarnessDevice {
-  static void check_dtype(const Check& chk, const Tensor& input) {
-    const auto t = input.scalar_type();
-    if (!(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf)) {
-      chk.fail("input", "must be float32, float64, bfloat16 or float16, got " + std::string(c10::toString(t)));
-    }
-  }
-  struct Call {
-    Call(const Tensor&, int64_t) {}
-  };
+// The GEMMs are AtenDevice's, on the CPU; only the passes run the CUDA way.
+struct HarnessDevice : AtenDevice {
   // Every block of the grid the launcher would launch, in turn.
   template <class Pass, class Make>
   static void run(const Tensor& like, int64_t rows, int64_t H, const Make& make) {
@@ -63,34 +55,6 @@ struct HarnessDevice {
       });
     });
   }
-  static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
-    if (bias.defined()) {
-      at::addmm_out(const_cast<Tensor&>(g2d), bias, x2d, w_ih.t());
-    } else {
-      at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
-    }
-  }
-  class Recurrent {
-   public:
-    Recurrent(const Tensor& w, int64_t, int64_t) : w_(w) {}
-    void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
-      if (accumulate) {
-        const_cast<Tensor&>(out).addmm_(h, w_.t());
-      } else {
-        at::mm_out(const_cast<Tensor&>(out), h, w_.t());
-      }
-    }
-    void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
-      if (accumulate) {
-        const_cast<Tensor&>(out).addmm_(dg, w_);
-      } else {
-        at::mm_out(const_cast<Tensor&>(out), dg, w_);
-      }
-    }
-
-   private:
-    Tensor w_;
-  };
 };
 
 }  // namespace
