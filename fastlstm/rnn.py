@@ -230,6 +230,10 @@ class RNNEngine:
     def forward(self, input, hx=None):
         if export.is_onnx_exporting():  # ONNX's own LSTM/GRU operators, not fastlstm's ops (fastlstm/export.py)
             return export.forward(self, input, hx)
+        if torch.jit.is_tracing() and not isinstance(input, PackedSequence):
+            # The twin torch.jit.script compiles always records the forward ops; this forward would record the
+            # inference op under no_grad, and trace's check (which reruns under no_grad) would see two graphs.
+            return self.__prepare_scriptable__()(input, hx)
         if torch._C._is_any_autocast_enabled() and self._autocast_applies(input):
             return autocast.forward(self, input, hx)  # nn.LSTM's / nn.GRU's autocast dtypes (fastlstm/autocast.py)
         if type(input) is Tensor and not torch.compiler.is_compiling():
@@ -288,6 +292,11 @@ class RNNEngine:
             output = output.squeeze(batch_dim)
             finals = tuple(f.squeeze(1) for f in finals)
         return output, self._hx(finals)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles a twin on fastlstm's ops with the same parameters (fastlstm/scripting.py).
+        from .scripting import scriptable
+        return scriptable(self)
 
     def _autocast_applies(self, input) -> bool:
         # Autocast on for the input's device, which fastlstm's kernels run (elsewhere the torch module's own
