@@ -31,6 +31,10 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 
+# Fixed for the build; resolved once, also because Dynamo refuses to trace the query.
+_MKLDNN_BUILT = torch.backends.mkldnn.is_available()
+
+
 def _castable(t: Tensor) -> bool:
     # Autocast's eligibility rule (at::autocast::is_eligible, then cached_cast): floating, not float64.
     return t.is_floating_point() and t.dtype != torch.float64
@@ -49,7 +53,7 @@ def autocast_dtype(module, input) -> Optional[torch.dtype]:
         return dtype
     if module.cell.n_states != 2 or isinstance(input, PackedSequence):
         return None  # nn.GRU, and nn.LSTM on packed input: ATen's own loop, float32 results
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    if not (_MKLDNN_BUILT and torch.backends.mkldnn.enabled):
         return None
     return dtype
 

@@ -177,3 +177,16 @@ def test_cuda_autocast_as_cudnn(kind, dtype, device):
     assert [t.dtype for t in got] == [t.dtype for t in want] == [dtype] * len(want)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.float(), b.float(), **LOWP_TOL[dtype])
+
+
+def test_compiled_under_autocast_as_eager():
+    # The autocast path traces whole (fullgraph) and gives eager's dtypes and values.
+    torch._dynamo.reset()
+    m = fastlstm.FastLSTM(4, 6, num_layers=2, batch_first=True)
+    x = _input(True, "cpu")
+    want = _run(m, x, None, "cpu", BF)
+    got = _run(torch.compile(m, fullgraph=True, backend="aot_eager"), x, None, "cpu", BF)
+    torch._dynamo.reset()
+    assert [t.dtype for t in got] == [t.dtype for t in want] == [BF] * 3
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
