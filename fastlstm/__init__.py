@@ -26,3 +26,8 @@ __all__ = ["FastLSTM", "FastGRU", "PeepholeLSTM", "LayerNormLSTM", "convert", "l
 from .serialization import register_safe_globals  # noqa: E402
 
 register_safe_globals()
+
+# Issue 12 item 7: torch.ao.quantization.quantize_dynamic treats FastLSTM / FastGRU as nn.LSTM / nn.GRU.
+from .quantization import install_quantization_hook  # noqa: E402
+
+install_quantization_hook()

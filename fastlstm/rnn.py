@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import export, ops
+from . import autocast, export, ops
 from .functional import stacked
 
 _warned: set = set()
@@ -230,6 +230,12 @@ class RNNEngine:
     def forward(self, input, hx=None):
         if export.is_onnx_exporting():  # ONNX's own LSTM/GRU operators, not fastlstm's ops (fastlstm/export.py)
             return export.forward(self, input, hx)
+        if torch.jit.is_tracing() and not isinstance(input, PackedSequence):
+            # The twin torch.jit.script compiles always records the forward ops; this forward would record the
+            # inference op under no_grad, and trace's check (which reruns under no_grad) would see two graphs.
+            return self.__prepare_scriptable__()(input, hx)
+        if torch._C._is_any_autocast_enabled() and self._autocast_applies(input):
+            return autocast.forward(self, input, hx)  # nn.LSTM's / nn.GRU's autocast dtypes (fastlstm/autocast.py)
         if type(input) is Tensor and not torch.compiler.is_compiling():
             result = self._forward_lean(input, hx)
             if result is not None:
@@ -286,6 +292,20 @@ class RNNEngine:
             output = output.squeeze(batch_dim)
             finals = tuple(f.squeeze(1) for f in finals)
         return output, self._hx(finals)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles a twin on fastlstm's ops with the same parameters (fastlstm/scripting.py).
+        from .scripting import scriptable
+        return scriptable(self)
+
+    def _autocast_applies(self, input) -> bool:
+        # Autocast on for the input's device, which fastlstm's kernels run (elsewhere the torch module's own
+        # forward runs, with its own autocast behaviour).
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, Tensor):
+            return False
+        dev = data.device.type
+        return dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) and ops.has_kernels(self.cell.ops, dev)
 
     def _run(self, x: Tensor, states: tuple, lengths: Optional[Tensor]) -> tuple[Tensor, tuple]:
         """Time-major x [T, B, I] and states [L*D, B, *] -> (output [T, B, D*P], final states)."""
