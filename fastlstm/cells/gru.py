@@ -37,12 +37,18 @@ class FastGRU(RNNEngine, nn.GRU):
         return cls._from_module(gru)
 
     def _check_states(self, input: Tensor, states: tuple) -> None:
+        # nn.GRU's order: ATen's device checks (hidden, then parameters), then its zero-length check, and
+        # only then its first recurrent GEMM (mat1 = hx, mat2 = the weight), which rejects a hx of another
+        # dtype. input is [T, B, I] / [B, T, I] here, or a PackedSequence's [rows, I] data.
         (hx,) = states
-        if hx.dtype != input.dtype:
-            # What nn.GRU raises here: its first recurrent GEMM (mat1 = hx, mat2 = the weight) rejects it.
+        if hx.device != input.device:
+            raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor "
+                               f"at {input.device} and hidden tensor at {hx.device}")
+        self._check_parameter_devices(input)
+        steps = input.size(1) if self.batch_first and input.dim() == 3 else input.size(0)
+        if hx.dtype != input.dtype and steps > 0:
             raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_c10_name(hx.dtype)} and "
                                f"{_c10_name(input.dtype)}")
-        super()._check_states(input, states)
 
 
 # ------------------------------------------------------------------------------------------------- oracle
