@@ -659,10 +659,11 @@ def _expected_messages(case: Case, x, hx, ref, want: dict) -> list[str]:
     msgs = [want["msg"]]
     muts = case.mutation.split(" && ")
     hs = [hx] if isinstance(hx, torch.Tensor) else [h for h in (hx or ()) if isinstance(h, torch.Tensor)]
-    odd = [h for h in hs if isinstance(x, torch.Tensor) and h.dtype != x.dtype]
+    xd = x.data if isinstance(x, PackedSequence) else x
+    odd = [h for h in hs if isinstance(xd, torch.Tensor) and h.dtype != xd.dtype]
     if any(m.startswith(("h: dtype", "c: dtype")) for m in muts) and odd:
         msgs.append("Input and hidden tensors are not the same dtype, found input tensor with "
-                    f"{_C10.get(x.dtype, x.dtype)} and hidden tensor with {_C10.get(odd[0].dtype, odd[0].dtype)}")
+                    f"{_C10.get(xd.dtype, xd.dtype)} and hidden tensor with {_C10.get(odd[0].dtype, odd[0].dtype)}")
     if any(m.startswith("packed: data") for m in muts) and isinstance(x, PackedSequence):
         try:
             padded, _ = torch.nn.utils.rnn.pad_packed_sequence(x, batch_first=ref.batch_first)
@@ -673,6 +674,18 @@ def _expected_messages(case: Case, x, hx, ref, want: dict) -> list[str]:
             if "raised" in unpacked:
                 msgs.append(unpacked["msg"])
     return msgs
+
+
+LAYER_GUARD = "layers in each hidden state for"
+ONEDNN_MESSAGES = ("get_mkldnn_dtype: unsupported data type",
+                   "could not create a primitive descriptor for the LSTM forward propagation primitive")
+
+
+def _onednn_refuses_c0(case: Case, x, hx, want: dict) -> bool:
+    return (case.target != "FastGRU" and isinstance(x, torch.Tensor) and isinstance(hx, tuple) and len(hx) == 2
+            and all(isinstance(h, torch.Tensor) for h in hx) and hx[0].dtype == x.dtype
+            and hx[1].dtype != x.dtype and torch.promote_types(hx[1].dtype, x.dtype) == x.dtype
+            and want["msg"].startswith(ONEDNN_MESSAGES))
 
 
 def _run_module_case(case: Case) -> dict:
@@ -698,6 +711,11 @@ def _run_module_case(case: Case) -> dict:
     got = _outcome(lambda: _flat_outputs(fast(x, hx)))
     r = REF[case.target]
     garbage = any(m.startswith("packed:") and not m.startswith("packed: valid") for m in case.mutation.split(" && "))
+    if "raised" in want and "returned" in got and _onednn_refuses_c0(case, x, hx, want):
+        # A c0 whose dtype promotes to the input's: nn.LSTM's native path casts it, its oneDNN path fails
+        # with a message that says nothing; fastlstm casts it everywhere (README). Then it must compute
+        # what nn.LSTM computes from the cast c0.
+        want = _outcome(lambda: _flat_outputs(ref(x, (hx[0], hx[1].to(x.dtype)))))
     if "raised" in want:
         if "returned" in got:
             return {"fail": f"returned where {r} raises {want['raised']}: {want['msg']}", "call": call,
@@ -706,6 +724,11 @@ def _run_module_case(case: Case) -> dict:
             return {"fail": f"raised {got['raised']}: {got['msg']!r} where {r} raises {want['raised']}: "
                             f"{want['msg']!r}", "call": call, "category": "exception type differs"}
         expected = _expected_messages(case, x, hx, ref, want)
+        if garbage and got["raised"] == "RuntimeError" and LAYER_GUARD in got["msg"]:
+            # States of unequal layer counts with a malformed PackedSequence: torch's packed kernel reads
+            # past a state's end (SIGSEGV) for some sizes and trips on another check first for others, so
+            # fastlstm refuses them all without calling it (fastlstm/rnn.py, _torch_packed).
+            expected = [*expected, got["msg"]]
         if got["msg"] not in expected:
             return {"fail": f"message differs: {got['msg']!r} vs {r}'s {' or '.join(map(repr, expected))}",
                     "call": call, "category": "message differs"}
