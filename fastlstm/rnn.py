@@ -353,23 +353,45 @@ class RNNEngine:
         return (isinstance(hx, (tuple, list)) and len(hx) == 2
                 and all(isinstance(h, Tensor) and h.dim() == 3 for h in hx))
 
+    def _check_states_torch_can_read(self, packed: PackedSequence, hx) -> None:
+        """torch's packed kernel (torch 2.13) validates neither the PackedSequence nor the states: it takes
+        one state per layer and direction from dim 0 of each and batch_sizes[0] rows of each, so a state
+        that is not [L*D, batch_sizes[0], *] reads past an end (SIGSEGV, SIGABRT), or not, depending on
+        the sizes. Such states are refused here
+        with nn.LSTM's unpacked messages, before any such call. Non-tensor states are left to torch, whose
+        argument parsing rejects them first."""
+        if hx is None:
+            return
+        states = [hx] if isinstance(hx, Tensor) else list(hx) if isinstance(hx, (tuple, list)) else []
+        if not states or not all(isinstance(h, Tensor) for h in states):
+            return
+        if self.cell.n_states == 2 and len(states) == 2:
+            self._batched_hx(tuple(states), True)
+        elif self.cell.n_states == 1 and isinstance(hx, Tensor):
+            self._batched_hx(hx, True)
+        else:
+            return
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        bs, si = packed.batch_sizes, packed.sorted_indices
+        B = int(bs.reshape(-1)[0]) if isinstance(bs, Tensor) and bs.numel() else None
+        if si is not None and B is not None and (si.dim() != 1 or si.numel() != B):
+            # torch gathers the states by it, then reads batch_sizes[0] rows of what it gathered
+            raise RuntimeError(f"sorted_indices has {si.numel()} entries, but the PackedSequence's first batch "
+                               f"size is {B}")
+        for i, (h, size) in enumerate(zip(states, (P, self.hidden_size))):
+            if h.size(0) != LD or (B is not None and h.size(1) < B):
+                shape = (LD, B if B is not None and h.size(1) < B else h.size(1), size)
+                if self.cell.n_states == 1:
+                    raise RuntimeError(f"Expected hidden size {shape}, got {list(h.shape)}")
+                raise RuntimeError(f"Expected hidden[{i}] size {shape}, got {list(h.shape)}")
+
     def _torch_packed(self, packed: PackedSequence, hx):
         """nn.LSTM's / nn.GRU's packed path, for a PackedSequence fastlstm's does not take (see
         _packed_is_consistent): its error, or its result. Cells torch lacks learn the error from an
         nn.LSTM of the same configuration, device and dtype (its weights do not matter to the error), and
         raise their own where nn.LSTM would run on anyway."""
-        states = [hx] if isinstance(hx, Tensor) else list(hx) if isinstance(hx, (tuple, list)) else []
-        layers = [h.size(0) for h in states if isinstance(h, Tensor) and h.dim() == 3]
-        LD = self.num_layers * (2 if self.bidirectional else 1)
-        bs, data = packed.batch_sizes, packed.data
-        # torch refuses batch sizes that are not int64, and data not in the weights' dtype, before reading
-        # any state; otherwise its error is learnt below, unless a state would crash it.
-        early = (isinstance(bs, Tensor) and bs.dtype != torch.int64) or (
-            isinstance(data, Tensor) and data.dtype != self._flat_weights[0].dtype)
-        if not early and (any(n > LD for n in layers) or (len(layers) == 2 and layers[1] < layers[0])):
-            # torch's packed kernel reads past the end of such a state (SIGSEGV in torch 2.13): never call it.
-            raise RuntimeError(f"Expected {LD} layers in each hidden state for {self.cell.name}, got "
-                               f"{tuple(layers)} (and the PackedSequence is not one pack_padded_sequence makes)")
+        self._check_states_torch_can_read(packed, hx)
         if self.cell.torch_module is not None:
             return self.cell.torch_module.forward(self, packed, hx)
         p = self._flat_weights[0]

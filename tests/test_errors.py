@@ -165,6 +165,12 @@ def test_malformed_packed_sequence_errors_match_torch(kind, bad, with_hx):
     packed = _packed(**MALFORMED_PACKED[bad])
     h = torch.zeros(1, 3, 5)
     hx = None if not with_hx else h if kind == "FastGRU" else (h, h.clone())
+    if with_hx and bad == "sorted_indices too short":
+        # torch gathers hx by them and reads 3 rows of the 2 it gathered (it may crash: not called here)
+        with pytest.raises(RuntimeError, match="^sorted_indices has 2 entries, but the PackedSequence's first "
+                                               "batch size is 3$"):
+            fast(packed, hx)
+        return
     try:
         want = ref(packed, hx)
     except Exception:
@@ -199,26 +205,29 @@ def test_peephole_refuses_extra_rows_past_the_batch_sizes():
 
 
 @pytest.mark.parametrize("kind", ["FastLSTM", "PeepholeLSTM"])
-@pytest.mark.parametrize("layers", ["c has fewer layers", "h has more layers"])
-def test_malformed_packed_sequence_with_states_torch_would_crash_on(kind, layers):
-    # With 2-D batch_sizes and states of unequal layer counts, torch's packed kernel reads past a state's
-    # end (SIGSEGV). FastLSTM must not hand it such a call: it raises instead.
-    _, fast = _pair(kind)
-    packed = _packed(batch_sizes=lambda b: b.unsqueeze(0))
-    h, c = (z(1, 3, 5), z(0, 3, 5)) if layers == "c has fewer layers" else (z(2, 3, 5), z(1, 3, 5))
-    with pytest.raises(RuntimeError, match="layers in each hidden state"):
-        fast(packed, (h, c))
+@pytest.mark.parametrize("bad", [b for b in MALFORMED_PACKED if b != "sorted_indices too short"])
+@pytest.mark.parametrize("states", ["c has fewer layers", "h has more layers", "c 4-D", "h 2-D"])
+def test_malformed_packed_sequence_with_states_torch_would_crash_on(kind, bad, states):
+    # torch's packed kernel takes one state per layer from dim 0 without checking: with states like these
+    # it reads past an end (SIGSEGV) for some sizes. FastLSTM must never hand it such a call; it gives
+    # nn.LSTM's unpacked error for the states instead, learnt from nn.LSTM on a well-formed PackedSequence.
+    ref, fast = _pair(kind)
+    h, c = {"c has fewer layers": (z(1, 3, 5), z(0, 3, 5)), "h has more layers": (z(2, 3, 5), z(1, 3, 5)),
+            "c 4-D": (z(1, 3, 5), z(1, 1, 3, 5)), "h 2-D": (z(3, 5), z(1, 3, 5))}[states]
+    expected = raised(lambda: ref(torch.randn(4, 3, 3), (h, c)))  # the same states, unpacked input
+    with pytest.raises(type(expected), match="^" + re.escape(str(expected)) + "$"):
+        fast(_packed(**MALFORMED_PACKED[bad]), (h, c))
 
 
 @pytest.mark.parametrize("kind", ["FastLSTM", "PeepholeLSTM"])
-@pytest.mark.parametrize("bad_hx", ["h 2-D", "tuple of 1", "h only", "(h, None)"])
+@pytest.mark.parametrize("bad_hx", ["tuple of 1", "h only", "(h, None)"])
 def test_packed_input_with_a_malformed_hx_raises_what_torch_raises(kind, bad_hx):
     # nn.LSTM's packed path checks no part of hx in Python: its kernel rejects it first (IndexError,
     # TypeError), even when the data is wrong too.
     ref, fast = _pair(kind)
     packed = _packed(data=lambda d: torch.cat([d, d[:, :1]], 1))  # feature size 4, not 3
     h = z(1, 3, 5)
-    hx = {"h 2-D": (h[0], h), "tuple of 1": (h,), "h only": h, "(h, None)": (h, None)}[bad_hx]
+    hx = {"tuple of 1": (h,), "h only": h, "(h, None)": (h, None)}[bad_hx]
     assert_same_error(lambda: ref(packed, hx), lambda: fast(packed, hx))
 
 
@@ -276,6 +285,16 @@ def test_input_on_another_device_than_weights_and_hx(kind):
     h = z(1, 2, 5)
     hx = h if kind == "FastGRU" else (h, h.clone())
     assert_same_error(lambda: ref(x, hx), lambda: fast(x, hx))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("other", [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.bool])
+def test_gru_hidden_dtype_message_matches_nn_gru(bias, other):
+    # nn.GRU's message is its first recurrent GEMM's: addmm's (c10 names) with biases, mm's (C++ names:
+    # "c10::Half != float") without.
+    ref, fast = _pair("FastGRU", bias=bias)
+    x, h = torch.randn(4, 2, 3), z(1, 2, 5, dtype=other)
+    assert_same_error(lambda: ref(x, h), lambda: fast(x, h))
 
 
 @pytest.mark.parametrize("other", [torch.float64, torch.int64])
