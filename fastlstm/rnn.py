@@ -48,10 +48,43 @@ def has_kernels(device_type: str) -> bool:
     return ops.has_kernels("lstm", device_type)
 
 
+_C10_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+              torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+              torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+              torch.complex128: "ComplexDouble", torch.complex32: "ComplexHalf"}
+
+
 def _c10_name(dtype: torch.dtype) -> str:
-    # c10's ScalarType names, as nn.LSTM's C++ messages print them.
-    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-            torch.bfloat16: "BFloat16"}.get(dtype, str(dtype).replace("torch.", ""))
+    # c10's ScalarType names, as nn.LSTM's C++ messages print them (an int64 hx is "Long" there, never
+    # "int64"); str(dtype) only for the rare types c10 names as torch does.
+    return _C10_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _packed_is_consistent(data: Tensor, batch_sizes: Tensor, sorted_indices, unsorted_indices,
+                          dtype: torch.dtype) -> bool:
+    """Whether a PackedSequence is one pack_padded_sequence could have made, with data in the parameters'
+    dtype: the only kind fastlstm's padded run computes what nn.LSTM's packed kernel computes. Anything
+    else goes to torch's packed path, which raises torch's own error for it (or, for extra rows of data
+    past sum(batch_sizes), returns what nn.LSTM returns)."""
+    if (not isinstance(batch_sizes, Tensor) or batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64
+            or batch_sizes.device.type != "cpu" or batch_sizes.numel() == 0):
+        return False
+    if not isinstance(data, Tensor) or data.dim() != 2 or data.dtype != dtype:
+        return False
+    if bool((batch_sizes[1:] > batch_sizes[:-1]).any()) or int(batch_sizes[-1]) <= 0:
+        return False
+    if int(batch_sizes.sum()) != data.size(0):
+        return False
+    B = int(batch_sizes[0])
+    for idx in (sorted_indices, unsorted_indices):
+        if idx is not None and (not isinstance(idx, Tensor) or idx.dim() != 1 or idx.numel() != B):
+            return False
+    return True
+
+
+def _c0_casts(c_dtype: torch.dtype, input_dtype: torch.dtype) -> bool:
+    # What nn.LSTM's native path accepts for c0: any dtype that type promotion turns into the input's.
+    return not input_dtype.is_complex and torch.promote_types(c_dtype, input_dtype) == input_dtype
 
 
 def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
@@ -154,19 +187,24 @@ class RNNEngine:
         return ()
 
     def _check_states(self, input: Tensor, states: tuple) -> None:
-        """Checks that nn.LSTM's ATen kernel makes before running (aten/src/ATen/native/RNN.cpp), with its
-        messages: parameters and states on the input's device, states in the input's dtype."""
+        """Checks that nn.LSTM's ATen kernel makes before running (aten/src/ATen/native/RNN.cpp,
+        check_attributes), with its messages and in its order: each state on the input's device and in
+        its dtype, then the parameters on the input's device. A c0 whose dtype promotes to the input's is
+        not an error: nn.LSTM's native cell computes f * c0 in the input's dtype, and forward casts it."""
+        for i, h in enumerate(states):
+            if h.device != input.device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor "
+                                   f"at {input.device} and hidden tensor at {h.device}")
+            if h.dtype != input.dtype and not (i == 1 and _c0_casts(h.dtype, input.dtype)):
+                raise RuntimeError("Input and hidden tensors are not the same dtype, found input tensor with "
+                                   f"{_c10_name(input.dtype)} and hidden tensor with {_c10_name(h.dtype)}")
+        self._check_parameter_devices(input)
+
+    def _check_parameter_devices(self, input: Tensor) -> None:
         for p in self._flat_weights:
             if p is not None and p.device != input.device:
                 raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor "
                                    f"at {input.device} and parameter tensor at {p.device}")
-        for h in states:
-            if h.device != input.device:
-                raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor "
-                                   f"at {input.device} and hidden tensor at {h.device}")
-            if h.dtype != input.dtype:
-                raise RuntimeError("Input and hidden tensors are not the same dtype, found input tensor with "
-                                   f"{_c10_name(input.dtype)} and hidden tensor with {_c10_name(h.dtype)}")
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -247,6 +285,9 @@ class RNNEngine:
         is_batched = True
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
+            if not (_packed_is_consistent(input, batch_sizes, sorted_indices, unsorted_indices,
+                                          self._flat_weights[0].dtype) and self._hx_is_3d(hx)):
+                return self._torch_packed(orig_input, hx)
             if hx is None:
                 hx = self._hx(self._zeros(input, int(batch_sizes[0])))
             else:
@@ -271,6 +312,8 @@ class RNNEngine:
         self._check_states(input, states)
         if not self._supported(input):
             return self._fallback(orig_input, hx, unsorted_indices)
+        if any(s.dtype != input.dtype for s in states):
+            states = tuple(s.to(input.dtype) for s in states)  # a c0 that _check_states let through
 
         if batch_sizes is not None:
             if input.size(0) == 0:
@@ -319,6 +362,70 @@ class RNNEngine:
         elif orig_input.dim() == 2:
             hx = tuple(h.squeeze(1) for h in hx) if self.cell.n_states == 2 else hx.squeeze(1)
         return self.cell.torch_module.forward(self, orig_input, hx)
+
+    def _hx_is_3d(self, hx) -> bool:
+        """hx is None or the cell's states as 3-D tensors. nn.LSTM's packed path checks nothing of hx in
+        Python: its kernel rejects any other hx, with its own exception type, before it looks at the data."""
+        if hx is None:
+            return True
+        if self.cell.n_states == 1:
+            return isinstance(hx, Tensor) and hx.dim() == 3
+        return (isinstance(hx, (tuple, list)) and len(hx) == 2
+                and all(isinstance(h, Tensor) and h.dim() == 3 for h in hx))
+
+    def _check_states_torch_can_read(self, packed: PackedSequence, hx) -> None:
+        """torch's packed kernel (torch 2.13) validates neither the PackedSequence nor the states: it takes
+        one state per layer and direction from dim 0 of each and batch_sizes[0] rows of each, so a state
+        that is not [L*D, batch_sizes[0], *] reads past an end (SIGSEGV, SIGABRT), or not, depending on
+        the sizes. Such states are refused here
+        with nn.LSTM's unpacked messages, before any such call. Non-tensor states are left to torch, whose
+        argument parsing rejects them first."""
+        if hx is None:
+            return
+        states = [hx] if isinstance(hx, Tensor) else list(hx) if isinstance(hx, (tuple, list)) else []
+        if not states or not all(isinstance(h, Tensor) for h in states):
+            return
+        if self.cell.n_states == 2 and len(states) == 2:
+            self._batched_hx(tuple(states), True)
+        elif self.cell.n_states == 1 and isinstance(hx, Tensor):
+            self._batched_hx(hx, True)
+        else:
+            return
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        bs, si = packed.batch_sizes, packed.sorted_indices
+        B = int(bs.reshape(-1)[0]) if isinstance(bs, Tensor) and bs.numel() else None
+        if si is not None and B is not None and (si.dim() != 1 or si.numel() != B):
+            # torch gathers the states by it, then reads batch_sizes[0] rows of what it gathered
+            raise RuntimeError(f"sorted_indices has {si.numel()} entries, but the PackedSequence's first batch "
+                               f"size is {B}")
+        for i, (h, size) in enumerate(zip(states, (P, self.hidden_size))):
+            if h.size(0) != LD or (B is not None and h.size(1) < B):
+                shape = (LD, B if B is not None and h.size(1) < B else h.size(1), size)
+                if self.cell.n_states == 1:
+                    raise RuntimeError(f"Expected hidden size {shape}, got {list(h.shape)}")
+                raise RuntimeError(f"Expected hidden[{i}] size {shape}, got {list(h.shape)}")
+
+    def _torch_packed(self, packed: PackedSequence, hx):
+        """nn.LSTM's / nn.GRU's packed path, for a PackedSequence fastlstm's does not take (see
+        _packed_is_consistent): its error, or its result. Cells torch lacks learn the error from an
+        nn.LSTM of the same configuration, device and dtype (its weights do not matter to the error), and
+        raise their own where nn.LSTM would run on anyway."""
+        self._check_states_torch_can_read(packed, hx)
+        if self.cell.torch_module is not None:
+            return self.cell.torch_module.forward(self, packed, hx)
+        p = self._flat_weights[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
+                          float(self.dropout), self.bidirectional, device=p.device, dtype=p.dtype)
+        ref.train(self.training)
+        with torch.no_grad():
+            ref(packed, hx)
+        raise ValueError(f"{self.cell.name}: the PackedSequence is not one pack_padded_sequence or "
+                         "pack_sequence makes (its batch_sizes must be a 1-D CPU int64 tensor of positive, "
+                         "non-increasing sizes summing to the rows of its data, a 2-D tensor in the module's "
+                         "dtype)")
 
     # ------------------------------------------------------------------------------------------ lean path
 

@@ -6,10 +6,10 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from conftest import DEVICES, lstm_pair
-from fastlstm import FastLSTM
+from fastlstm import FastGRU, FastLSTM, PeepholeLSTM
 
 
 def raised(fn):
@@ -110,8 +110,10 @@ def test_hidden_on_another_device_than_input(which):
 
 # Packed input: nn.LSTM's packed path reports these from deep inside (matmul shapes, broadcasting); FastLSTM
 # reports them as nn.LSTM does for the same data unpacked. The expected error is nn.LSTM's on the padded
-# tensor, so it is still learnt from nn.LSTM, not written here.
-@pytest.mark.parametrize("case", ["input size", "input dtype", "hx batch"])
+# tensor, so it is still learnt from nn.LSTM, not written here. (Data in another dtype is not among them:
+# unpacked, nn.LSTM raises a ValueError, packed a RuntimeError; FastLSTM keeps the packed one's type, see
+# test_malformed_packed_sequence_errors_match_torch.)
+@pytest.mark.parametrize("case", ["input size", "hx batch"])
 def test_packed_errors_read_like_unpacked_ones(case):
     ref, fast = lstm_pair(3, 5)
     x = torch.randn(4, 2, 7 if case == "input size" else 3, dtype=torch.float64 if case == "input dtype" else None)
@@ -120,6 +122,188 @@ def test_packed_errors_read_like_unpacked_ones(case):
     expected = raised(lambda: ref(x, hx))
     with pytest.raises(type(expected), match="^" + re.escape(str(expected)) + "$"):
         fast(packed, hx)
+
+
+def _pair(kind, **kwargs):
+    torch.manual_seed(0)
+    if kind == "FastGRU":
+        ref = nn.GRU(3, 5, **kwargs)
+        return ref, FastGRU.from_gru(ref)
+    ref = nn.LSTM(3, 5, **kwargs)
+    return ref, (FastLSTM.from_lstm(ref) if kind == "FastLSTM" else PeepholeLSTM.from_lstm(ref))
+
+
+def _packed(**changes):
+    x = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(1))
+    p = pack_padded_sequence(x, torch.tensor([4, 2, 1]))
+    parts = dict(data=p.data, batch_sizes=p.batch_sizes, sorted_indices=None, unsorted_indices=None)
+    parts.update({k: v(parts[k]) for k, v in changes.items()})
+    return PackedSequence(**parts)
+
+
+# A PackedSequence that pack_padded_sequence cannot make. FastLSTM once ran these padded through its own
+# kernels: an exception type nn.LSTM does not raise (float or 2-D batch_sizes), matmul/broadcast messages of
+# other shapes, and for extra rows of data past sum(batch_sizes) other numbers than nn.LSTM's.
+MALFORMED_PACKED = {
+    "batch_sizes float": dict(batch_sizes=lambda b: b.double()),
+    "batch_sizes 2-D": dict(batch_sizes=lambda b: b.unsqueeze(0)),
+    "batch_sizes int32": dict(batch_sizes=lambda b: b.int()),
+    "batch_sizes increasing": dict(batch_sizes=lambda b: b.flip(0)),
+    "sum of batch_sizes > rows": dict(data=lambda d: d[:-1]),
+    "data 1-D": dict(data=lambda d: d[:, 0]),
+    "data 3-D": dict(data=lambda d: d.unsqueeze(1)),
+    "data in another dtype": dict(data=lambda d: d.double()),
+    "sorted_indices too short": dict(sorted_indices=lambda _: torch.tensor([1, 0])),
+}
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "FastGRU", "PeepholeLSTM"])
+@pytest.mark.parametrize("bad", list(MALFORMED_PACKED), ids=list(MALFORMED_PACKED))
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_malformed_packed_sequence_errors_match_torch(kind, bad, with_hx):
+    ref, fast = _pair(kind)
+    packed = _packed(**MALFORMED_PACKED[bad])
+    h = torch.zeros(1, 3, 5)
+    hx = None if not with_hx else h if kind == "FastGRU" else (h, h.clone())
+    if with_hx and bad == "sorted_indices too short":
+        # torch gathers hx by them and reads 3 rows of the 2 it gathered (it may crash: not called here)
+        with pytest.raises(RuntimeError, match="^sorted_indices has 2 entries, but the PackedSequence's first "
+                                               "batch size is 3$"):
+            fast(packed, hx)
+        return
+    try:
+        want = ref(packed, hx)
+    except Exception:
+        assert_same_error(lambda: ref(packed, hx), lambda: fast(packed, hx))
+        return
+    # torch runs it (sorted_indices too short, no hx: nothing reads them but the final permutation)
+    if kind == "PeepholeLSTM":
+        with pytest.raises(ValueError, match="PackedSequence is not one pack_padded_sequence"):
+            fast(packed, hx)
+        return
+    got = fast(packed, hx)
+    assert torch.equal(got[0].data, want[0].data)
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "FastGRU"])
+def test_extra_rows_past_the_batch_sizes_compute_what_torch_computes(kind):
+    # nn.LSTM runs such a PackedSequence and ignores the extra rows; a silent other result is the one
+    # outcome a drop-in must not have.
+    ref, fast = _pair(kind)
+    packed = _packed(data=lambda d: torch.cat([d, d[:2]]))
+    want, got = ref(packed), fast(packed)
+    assert torch.equal(got[0].data, want[0].data)
+    for a, b in zip(got[1] if kind == "FastLSTM" else [got[1]], want[1] if kind == "FastLSTM" else [want[1]]):
+        assert torch.equal(a, b)
+
+
+def test_peephole_refuses_extra_rows_past_the_batch_sizes():
+    # torch has no peephole cell to run it with; refusing beats numbers that mean nothing.
+    _, fast = _pair("PeepholeLSTM")
+    with pytest.raises(ValueError, match="PackedSequence is not one pack_padded_sequence"):
+        fast(_packed(data=lambda d: torch.cat([d, d[:2]])))
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "PeepholeLSTM"])
+@pytest.mark.parametrize("bad", [b for b in MALFORMED_PACKED if b != "sorted_indices too short"])
+@pytest.mark.parametrize("states", ["c has fewer layers", "h has more layers", "c 4-D", "h 2-D"])
+def test_malformed_packed_sequence_with_states_torch_would_crash_on(kind, bad, states):
+    # torch's packed kernel takes one state per layer from dim 0 without checking: with states like these
+    # it reads past an end (SIGSEGV) for some sizes. FastLSTM must never hand it such a call; it gives
+    # nn.LSTM's unpacked error for the states instead, learnt from nn.LSTM on a well-formed PackedSequence.
+    ref, fast = _pair(kind)
+    h, c = {"c has fewer layers": (z(1, 3, 5), z(0, 3, 5)), "h has more layers": (z(2, 3, 5), z(1, 3, 5)),
+            "c 4-D": (z(1, 3, 5), z(1, 1, 3, 5)), "h 2-D": (z(3, 5), z(1, 3, 5))}[states]
+    expected = raised(lambda: ref(torch.randn(4, 3, 3), (h, c)))  # the same states, unpacked input
+    with pytest.raises(type(expected), match="^" + re.escape(str(expected)) + "$"):
+        fast(_packed(**MALFORMED_PACKED[bad]), (h, c))
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "PeepholeLSTM"])
+@pytest.mark.parametrize("bad_hx", ["tuple of 1", "h only", "(h, None)"])
+def test_packed_input_with_a_malformed_hx_raises_what_torch_raises(kind, bad_hx):
+    # nn.LSTM's packed path checks no part of hx in Python: its kernel rejects it first (IndexError,
+    # TypeError), even when the data is wrong too.
+    ref, fast = _pair(kind)
+    packed = _packed(data=lambda d: torch.cat([d, d[:, :1]], 1))  # feature size 4, not 3
+    h = z(1, 3, 5)
+    hx = {"tuple of 1": (h,), "h only": h, "(h, None)": (h, None)}[bad_hx]
+    assert_same_error(lambda: ref(packed, hx), lambda: fast(packed, hx))
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "PeepholeLSTM"])
+@pytest.mark.parametrize("c_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.int64, torch.int32])
+def test_c0_of_a_dtype_that_promotes_to_the_input_is_cast(kind, c_dtype):
+    # nn.LSTM's native path (float64 here) computes f * c0 by type promotion, so any c0 that promotes to
+    # the input's dtype is accepted; FastLSTM once refused it.
+    ref, fast = _pair(kind, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    h = torch.randn(1, 2, 5, dtype=torch.float64)
+    c = (torch.randn(1, 2, 5) * 3).to(c_dtype)
+    want, got = ref(x, (h, c)), fast(x, (h, c))
+    assert got[1][1].dtype == want[1][1].dtype == torch.float64
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_c0_cast_where_nn_lstm_takes_onednn():
+    # Deliberately more than nn.LSTM: for float32 input on the CPU, nn.LSTM's oneDNN path fails on such a
+    # c0 with "get_mkldnn_dtype: unsupported data type" or "could not create a primitive descriptor";
+    # FastLSTM casts it, as nn.LSTM's own native path does, and computes what nn.LSTM computes from the cast.
+    ref, fast = _pair("FastLSTM")
+    x, h = torch.randn(4, 2, 3), torch.randn(1, 2, 5)
+    c = (torch.randn(1, 2, 5) * 3).to(torch.int64)
+    got, want = fast(x, (h, c)), ref(x, (h, c.float()))
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "FastGRU", "PeepholeLSTM"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_hidden_dtype_messages_name_types_as_torch_does(kind, dtype):
+    # torch's C++ messages print c10's names (Long, Int, Bool); fastlstm printed int64, int32, bool.
+    # float64 input, where nn.LSTM's own check (a matmul on h) has a message at all.
+    ref, fast = _pair(kind, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    h = z(1, 2, 5, dtype=dtype)
+    hx = h if kind == "FastGRU" else (h, z(1, 2, 5, dtype=torch.float64))
+    want = raised(lambda: ref(x, hx))
+    got = raised(lambda: fast(x, hx))
+    assert type(got) is type(want)
+    name = str(want).split("but got ")[1].split(" and")[0]  # nn.LSTM's name for the dtype
+    assert name in str(got) and str(dtype).replace("torch.", "") not in str(got)
+    if kind == "FastGRU":
+        assert str(got) == str(want)
+
+
+@pytest.mark.parametrize("kind", ["FastLSTM", "FastGRU", "PeepholeLSTM"])
+def test_input_on_another_device_than_weights_and_hx(kind):
+    # ATen checks the states' devices before the parameters': input on meta with hx on the CPU is a hidden
+    # tensor error in nn.LSTM, and fastlstm reported the parameters.
+    ref, fast = _pair(kind)
+    x = torch.randn(4, 2, 3, device="meta")
+    h = z(1, 2, 5)
+    hx = h if kind == "FastGRU" else (h, h.clone())
+    assert_same_error(lambda: ref(x, hx), lambda: fast(x, hx))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("other", [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.bool])
+def test_gru_hidden_dtype_message_matches_nn_gru(bias, other):
+    # nn.GRU's message is its first recurrent GEMM's: addmm's (c10 names) with biases, mm's (C++ names:
+    # "c10::Half != float") without.
+    ref, fast = _pair("FastGRU", bias=bias)
+    x, h = torch.randn(4, 2, 3), z(1, 2, 5, dtype=other)
+    assert_same_error(lambda: ref(x, h), lambda: fast(x, h))
+
+
+@pytest.mark.parametrize("other", [torch.float64, torch.int64])
+def test_gru_zero_length_input_is_reported_before_the_hidden_dtype(other):
+    # nn.GRU reports the empty sequence before its first recurrent GEMM sees the hx dtype.
+    ref, fast = _pair("FastGRU")
+    x = torch.randn(0, 2, 3)
+    h = z(1, 2, 5, dtype=other)
+    assert_same_error(lambda: ref(x, h), lambda: fast(x, h))
 
 
 # Constructor arguments: FastLSTM is nn.LSTM's constructor, so every check and message must be the same.

@@ -37,12 +37,33 @@ class FastGRU(RNNEngine, nn.GRU):
         return cls._from_module(gru)
 
     def _check_states(self, input: Tensor, states: tuple) -> None:
+        # nn.GRU's order: ATen's device checks (hidden, then parameters), then its zero-length check, and
+        # only then its first recurrent GEMM (mat1 = hx, mat2 = the weight), which rejects a hx of another
+        # dtype. input is [T, B, I] / [B, T, I] here, or a PackedSequence's [rows, I] data.
         (hx,) = states
-        if hx.dtype != input.dtype:
-            # What nn.GRU raises here: its first recurrent GEMM (mat1 = hx, mat2 = the weight) rejects it.
+        if hx.device != input.device:
+            raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor "
+                               f"at {input.device} and hidden tensor at {hx.device}")
+        self._check_parameter_devices(input)
+        steps = input.size(1) if self.batch_first and input.dim() == 3 else input.size(0)
+        if hx.dtype != input.dtype and steps > 0:
+            if not self.bias:
+                # Without biases that GEMM is a plain mm, whose check prints C++ type names.
+                raise RuntimeError("expected m1 and m2 to have the same dtype, but got: "
+                                   f"{_cpp_name(hx.dtype)} != {_cpp_name(input.dtype)}")
             raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_c10_name(hx.dtype)} and "
                                f"{_c10_name(input.dtype)}")
-        super()._check_states(input, states)
+
+
+_CPP_NAMES = {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+              torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int",
+              torch.int16: "short int", torch.int8: "signed char", torch.uint8: "unsigned char", torch.bool: "bool",
+              torch.complex64: "c10::complex<float>", torch.complex128: "c10::complex<double>"}
+
+
+def _cpp_name(dtype: torch.dtype) -> str:
+    # The C++ type names (c10 TypeMeta) that ATen's mm dtype check prints.
+    return _CPP_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
 # ------------------------------------------------------------------------------------------------- oracle
