@@ -451,6 +451,37 @@ def _register(row: CellOps) -> None:
     assert all(n in row.sized or n[len("grad_"):] in bwd_args for n in bwd_rets), row.name
     assert list(grad_inputs) == [f"grad_{n}" for n in out_names[:row.n_results]] == bwd_args[:n_grads], row.name
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+    # vmap (issue 12 item 6): the ops are batch-parallel, so a vmap over the input and/or the states is a
+    # bigger batch -- fold the vmapped dimension N into B ([T, N*B, ...]) and unfold the results. Weights
+    # are shared by every example; a vmap over them would be N different layers, which this does not do.
+    batch_dim_of = {"input": 1, "h0": 0, "c0": 0, "lengths": 0}
+
+    def make_vmap(op, kind):
+        def vmap_rule(info, in_dims, *a):
+            N = info.batch_size
+            args = list(a)
+            for n, d, v in zip(fwd_args, in_dims, a):
+                if d is not None and n not in batch_dim_of:
+                    raise RuntimeError(f"fastlstm::{row.name}_{kind}: vmap over argument '{n}' is not supported "
+                                       "(only over input, h0, c0 and lengths: the weights must be shared)")
+            for i, (n, d, v) in enumerate(zip(fwd_args, in_dims, a)):
+                if n not in batch_dim_of or v is None:
+                    continue
+                b = batch_dim_of[n]
+                v = v.movedim(d, 0) if d is not None else v.unsqueeze(0).expand(N, *v.shape)
+                v = v.movedim(0, b)  # [.., N, B, ..]: N outside B, so B's rows of one example stay together
+                args[i] = v.reshape(*v.shape[:b], -1, *v.shape[b + 2:])
+            out = op(*args)
+            res = []
+            for spec, o in zip(specs, out):
+                b = 1 if spec[0] == "T" else 0
+                res.append(o.reshape(*o.shape[:b], N, -1, *o.shape[b + 1:]))
+            return tuple(res), tuple(1 if spec[0] == "T" else 0 for spec in specs[:len(out)])
+        return vmap_rule
+
+    torch.library.register_vmap(fwd, make_vmap(fwd, "forward"))
+    torch.library.register_vmap(inf, make_vmap(inf, "inference"))
     torch.library.register_autograd(inf, backward_inference, setup_context=setup_context_inference)
 
 
