@@ -59,6 +59,10 @@ class CellOps:
     def forward_name(self) -> str:
         return f"fastlstm::{self.name}_forward"
 
+    @property
+    def has_c(self) -> bool:
+        return "c_n" in self.outputs
+
     def exists(self) -> bool:
         return hasattr(torch.ops.fastlstm, f"{self.name}_forward")
 
@@ -99,16 +103,248 @@ def _ret_names(op: torch._ops.OpOverload) -> list[str]:
     return [r.name for r in op._schema.returns]
 
 
-def _sizes(row: CellOps, args: dict) -> dict:
-    x, h0, w_ih = args["input"], args["h0"], args["w_ih"]
-    G = w_ih.shape[0]
-    return {"T": x.shape[0], "B": x.shape[1], "G": G, "H": G // row.gates, "P": h0.shape[1]}
-
-
 def _empty(like: Tensor, spec: tuple, sizes: dict) -> Tensor:
     dtype = _acc_dtype(like.dtype) if spec[-1] == ACC else like.dtype
     dims = [sizes[d] if isinstance(d, str) else d for d in spec if d != ACC]
     return like.new_empty(dims, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Double backward. The fused backward ops are not themselves differentiable, so when autograd asks for a
+# graph of the gradient (create_graph=True, as in a gradient penalty, gradgradcheck or torch.func.grad),
+# the registered backward recomputes the layer with these composites -- each cell's step in plain torch ops
+# -- and differentiates that with autograd: second (and higher) derivatives are then exact. They compute in
+# the kernels' accumulation dtype (float32 for half inputs) and return the input's dtype, as the ops do.
+# Only the results (output, h_n[, c_n]) are produced: the saved tensors are the fused ops' business.
+
+def _scan(step, gx: Tensor, states: list, lengths: Optional[Tensor], reverse: bool) -> tuple:
+    """Runs step(gx_t, *states) -> new states (the first is the step's output) over time; with lengths, an
+    element whose step t >= lengths[b] keeps its state and outputs zeros, as the ops do."""
+    T = gx.shape[0]
+    outs: list = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        new = step(gx[t], *states)
+        if lengths is not None:
+            active = (t < lengths).unsqueeze(1)
+            states = [torch.where(active, n, s) for n, s in zip(new, states)]
+            outs[t] = torch.where(active, new[0], torch.zeros_like(new[0]))
+        else:
+            states = list(new)
+            outs[t] = new[0]
+    output = torch.stack(outs) if T else states[0].new_zeros((0,) + tuple(states[0].shape))
+    return (output, *states)
+
+
+def _input_term(v: dict, bias_names=("b_ih", "b_hh")) -> Tensor:
+    gx = v["input"] @ v["w_ih"].t()
+    for n in bias_names:
+        if v.get(n) is not None:
+            gx = gx + v[n]
+    return gx
+
+
+def _lstm_composite(v: dict) -> tuple:
+    w_hh, w_hr = v["w_hh"], v.get("w_hr")
+
+    def step(gx, h, c):
+        i, f, g, o = (gx + h @ w_hh.t()).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (h if w_hr is None else h @ w_hr.t()), c
+    return _scan(step, _input_term(v), [v["h0"], v["c0"]], v["lengths"], v["reverse"])
+
+
+def _gru_composite(v: dict) -> tuple:
+    w_hh, b_hh = v["w_hh"], v["b_hh"]
+    # b_hn sits inside r * (W_hn h + b_hn), so b_hh is added per step, not folded into the input term.
+    gx = _input_term(v, ("b_ih",))
+
+    def step(gx_t, h):
+        gh = h @ w_hh.t()
+        if b_hh is not None:
+            gh = gh + b_hh
+        xr, xz, xn = gx_t.chunk(3, 1)
+        hr, hz, hn = gh.chunk(3, 1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return ((1 - z) * n + z * h,)
+    return _scan(step, gx, [v["h0"]], v["lengths"], v["reverse"])
+
+
+def _peephole_composite(v: dict) -> tuple:
+    w_hh, w_ci, w_cf, w_co = v["w_hh"], v["w_ci"], v["w_cf"], v["w_co"]
+
+    def peep(c, w):  # diagonal [H] (elementwise) or full [H, H] (c @ w^T)
+        return c * w if w.dim() == 1 else c @ w.t()
+
+    def step(gx, h, c):
+        xi, xf, xg, xo = (gx + h @ w_hh.t()).chunk(4, 1)
+        i, f = torch.sigmoid(xi + peep(c, w_ci)), torch.sigmoid(xf + peep(c, w_cf))
+        c = f * c + i * torch.tanh(xg)
+        return torch.sigmoid(xo + peep(c, w_co)) * torch.tanh(c), c
+    return _scan(step, _input_term(v), [v["h0"], v["c0"]], v["lengths"], v["reverse"])
+
+
+def _layernorm_lstm_composite(v: dict) -> tuple:
+    w_hh, eps = v["w_hh"], v["eps"]
+    G, H = w_hh.shape[0], w_hh.shape[0] // 4
+    ln = torch.nn.functional.layer_norm
+    # LN(W_ih x) for every step at once; the biases are added after the norm.
+    gx = ln(v["input"] @ v["w_ih"].t(), (G,), v["ln_ih_w"], v["ln_ih_b"], eps)
+    for n in ("b_ih", "b_hh"):
+        if v[n] is not None:
+            gx = gx + v[n]
+
+    def step(gx_t, h, c):
+        pre = gx_t + ln(h @ w_hh.t(), (G,), v["ln_hh_w"], v["ln_hh_b"], eps)
+        i, f, g, o = pre.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(ln(c, (H,), v["ln_c_w"], v["ln_c_b"], eps)), c
+    return _scan(step, gx, [v["h0"], v["c0"]], v["lengths"], v["reverse"])
+
+
+COMPOSITES = {"lstm": _lstm_composite, "gru": _gru_composite, "peephole": _peephole_composite,
+              "layernorm_lstm": _layernorm_lstm_composite}
+
+
+def composite_layer(name: str, values: dict) -> tuple:
+    """The results of cell ``name``'s forward op (output, h_n[, c_n]) from its arguments by schema name,
+    computed with differentiable torch ops (in the accumulation dtype, returned in the input's)."""
+    if name not in COMPOSITES:
+        raise RuntimeError(f"fastlstm::{name}_backward: double backward (create_graph=True) needs a "
+                           f"differentiable composite of the {name!r} cell, and there is none")
+    dtype = values["input"].dtype
+    acc = _acc_dtype(dtype)
+    v = {k: (t.to(acc) if isinstance(t, Tensor) and t.is_floating_point() else t) for k, t in values.items()}
+    return tuple(r.to(dtype) for r in COMPOSITES[name](v))
+
+
+def _recompute_backward(row: CellOps, ctx, grads: tuple, values: dict, fwd_args: list) -> tuple:
+    """The forward op's input gradients as a differentiable graph: autograd through composite_layer."""
+    wrt = [i for i, n in enumerate(fwd_args) if ctx.needs_input_grad[i] and values[n] is not None]
+    out = [None] * len(fwd_args)
+    if not wrt:
+        return tuple(out)
+    with torch.enable_grad():
+        results = composite_layer(row.name, {n: values[n] for n in fwd_args})
+        got = torch.autograd.grad(results, [values[fwd_args[i]] for i in wrt], grads, create_graph=True,
+                                  allow_unused=True)
+    for i, g in zip(wrt, got):
+        out[i] = torch.zeros_like(values[fwd_args[i]]) if g is None else g
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Argument checks for the fake kernels, mirroring csrc/layer.h's Check (check_layer, the cells' params and
+# the backward's saved tensors) and its messages, so that a call that would fail on a real device fails the
+# same way under FakeTensorMode and on the meta device -- and a call with only some arguments on the meta
+# device (which dispatch sends to the fake kernel) raises instead of returning uninitialised memory.
+# Sizes are compared with torch._check: under torch.compile with dynamic shapes a size is symbolic, and an
+# equality the call needs anyway is a fine guard (or a runtime assert, for an unbacked size).
+
+_C10_DTYPE = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+              torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+              torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+              torch.complex128: "ComplexDouble"}
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LONG = "long"  # a spec's dtype: int64 (lengths), whatever the input's dtype
+
+
+def _dtype_str(d: torch.dtype) -> str:
+    return _C10_DTYPE.get(d, str(d).replace("torch.", ""))
+
+
+def _describe(t) -> str:
+    if not isinstance(t, Tensor):
+        return "an undefined tensor"
+    s = f"a {_dtype_str(t.dtype)} tensor of shape {list(t.shape)} on {t.device}"
+    return s if t.layout == torch.strided else s + f" with layout {t.layout}"
+
+
+class _FakeCheck:
+    """csrc/layer.h's Check: every tensor of its exact shape, dtype and device, else the same message."""
+
+    def __init__(self, op: str, input: Tensor):
+        self.op, self.device, self.dtype = op, input.device, input.dtype
+
+    def fail(self, name: str, what: str, t=None, expected: bool = True):
+        msg = f"fastlstm::{self.op}: argument '{name}' " + (f"must be {what}, got {_describe(t)}" if expected
+                                                             else what)
+        raise RuntimeError(msg)
+
+    def __call__(self, name: str, t, shape: tuple, dtype=None) -> None:
+        want = torch.int64 if dtype == _LONG else _acc_dtype(self.dtype) if dtype == ACC else self.dtype
+        expected = (f"a {_dtype_str(want)} tensor of shape "
+                    f"[{', '.join('*' if isinstance(k, int) and k < 0 else str(k) for k in shape)}] on {self.device}")
+        if not (isinstance(t, Tensor) and t.layout == torch.strided and t.dim() == len(shape)
+                and t.dtype == want and t.device == self.device):
+            self.fail(name, expected, t)
+        for have, k in zip(t.shape, shape):
+            if not (isinstance(k, int) and k < 0):
+                torch._check(have == k, lambda: f"fastlstm::{self.op}: argument '{name}' must be {expected}, "
+                                                f"got {_describe(t)}")
+
+
+# Shapes of the arguments every cell may have, in the symbols of _check_args (A: the accumulation dtype).
+_ARG_SPECS = {
+    "w_hh": (("G", "P"),), "b_ih": (("G",),), "b_hh": (("G",),), "h0": (("B", "P"),), "c0": (("B", "H"),),
+    "lengths": (("B",), _LONG),
+    "grad_output": (("T", "B", "P"),), "grad_h_n": (("B", "P"),), "grad_c_n": (("B", "H"),),
+    "output": (("T", "B", "P"),), "gates": (("T", "B", "G"),), "cells": (("T", "B", "H"), ACC),
+    "hn": (("T", "B", "H"),), "norm_ih": (("T", "B", "G"),), "norm_hh": (("T", "B", "G"),),
+    "stats": (("T", "B", 4), ACC),
+    "ln_ih_w": (("G",),), "ln_ih_b": (("G",),), "ln_hh_w": (("G",),), "ln_hh_b": (("G",),),
+    "ln_c_w": (("H",),), "ln_c_b": (("H",),),
+}
+_PEEPHOLES = ("w_ci", "w_cf", "w_co")
+
+
+def _check_args(row: CellOps, op: str, args: dict) -> dict:
+    """Raises as the C++ ops do on a malformed call; returns the sizes T, B, I, H, G, P."""
+    x = args["input"]
+    if not (isinstance(x, Tensor) and x.layout == torch.strided and x.dim() == 3):
+        # No input to take a device and dtype from: the C++ names the input alone.
+        raise RuntimeError(f"fastlstm::{op}: argument 'input' must be a 3-D tensor [T, B, I] (strided), got "
+                           f"{_describe(x)}")
+    chk = _FakeCheck(op, x)
+    if x.dtype not in _FLOATS:
+        chk.fail("input", f"must be float32, float64, bfloat16 or float16, got {_dtype_str(x.dtype)}",
+                 expected=False)
+    T, B, I = x.shape
+    w_ih, g = args["w_ih"], row.gates
+    if not (isinstance(w_ih, Tensor) and w_ih.dim() == 2):
+        chk.fail("w_ih", f"a 2-D tensor [{g}H, {I}] with H > 0", w_ih)
+    G = w_ih.shape[0]
+    torch._check(G > 0, lambda: f"fastlstm::{op}: argument 'w_ih' must be a 2-D tensor [{g}H, {I}] with H > 0, "
+                                f"got {_describe(w_ih)}")
+    torch._check(G % g == 0, lambda: f"fastlstm::{op}: argument 'w_ih' must be a 2-D tensor [{g}H, {I}] with "
+                                     f"H > 0, got {_describe(w_ih)}")
+    H = G // g
+    chk("w_ih", w_ih, (G, I))
+    w_hr = args.get("w_hr")
+    P = H
+    if w_hr is not None:
+        chk("w_hr", w_hr, (-1, H))
+        P = w_hr.shape[0]
+        torch._check(P > 0, lambda: f"fastlstm::{op}: argument 'w_hr' must have proj_size > 0 rows, got [0, {H}]")
+    sizes = {"T": T, "B": B, "I": I, "H": H, "G": G, "P": P}
+    if _PEEPHOLES[0] in args:
+        ws = [args[n] for n in _PEEPHOLES]
+        full = isinstance(ws[0], Tensor) and ws[0].dim() == 2
+        shape = (H, H) if full else (H,)
+        if not all(isinstance(w, Tensor) and w.dim() == len(shape) for w in ws):
+            chk.fail("w_ci", f"w_cf and w_co must all be [{H}] (diagonal) or all [{H}, {H}] (full), got "
+                     + ", ".join(_describe(w) for w in ws), expected=False)
+        for n, w in zip(_PEEPHOLES, ws):
+            chk(n, w, shape)
+    for name, t in args.items():
+        spec = _ARG_SPECS.get(name)
+        if spec is None or (t is None and name in ("b_ih", "b_hh", "lengths")):
+            continue
+        if not row.has_c and name in ("c0", "grad_c_n", "cells"):
+            continue
+        chk(name, t, tuple(sizes[d] if isinstance(d, str) else d for d in spec[0]), *spec[1:])
+    return sizes
 
 
 def _register(row: CellOps) -> None:
@@ -122,17 +358,17 @@ def _register(row: CellOps) -> None:
 
     # Fake kernels: contiguous results, whatever the arguments' strides (empty_like would copy a transposed
     # input's layout, which the kernels do not return), as the kernels' GEMMs and loops write them.
-    def forward_fake(*a):
+    def forward_fake(*a, op=f"{row.name}_forward"):
         args = dict(zip(fwd_args, a))
-        sizes = _sizes(row, args)
+        sizes = _check_args(row, op, args)
         return tuple(_empty(args["input"], s, sizes) for s in specs)
 
     def inference_fake(*a):
-        return forward_fake(*a)[:row.n_results]
+        return forward_fake(*a, op=f"{row.name}_inference")[:row.n_results]
 
     def backward_fake(*a):
         args = dict(zip(bwd_args, a))
-        sizes = _sizes(row, args)
+        sizes = _check_args(row, f"{row.name}_backward", args)
         x, outs = args["input"], []
         for name in bwd_rets:
             src = args.get(name[len("grad_"):], ...)
@@ -156,25 +392,22 @@ def _register(row: CellOps) -> None:
     n_grads = len(grad_inputs)
     ret_index = {n: i for i, n in enumerate(bwd_rets)}
     grad_of = [ret_index[row.grads[n]] if n in row.grads else None for n in fwd_args]
-    is_tensor_arg = [a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()) for a in bwd._schema.arguments]
 
-    def split(values: dict) -> tuple[list, list]:
-        # The backward op's non-gradient arguments, tensors (to save for backward) apart from the rest.
-        tensors, others = [], []
-        for n, is_t in zip(bwd_args[n_grads:], is_tensor_arg[n_grads:]):
-            (tensors if is_t else others).append(values[n])
-        return tensors, others
+    # Both forward ops save every tensor input (the double-backward path below recomputes from all of them,
+    # biases included, which the backward op does not take) plus the outputs the backward op reads. Saving a
+    # reference costs nothing measurable; see tests/test_double_backward.py for the timing check.
+    is_tensor_input = [a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()) for a in fwd._schema.arguments]
+    tensor_inputs = [n for n, is_t in zip(fwd_args, is_tensor_input) if is_t]
+    other_inputs = [n for n, is_t in zip(fwd_args, is_tensor_input) if not is_t]
+    saved_outputs = [n for n in saved_names if n in out_names]
 
-    def run_backward(ctx, grads, tensors, others) -> tuple:
+    def run_backward(ctx, grads, values: dict) -> tuple:
         if torch.is_grad_enabled():
-            # create_graph=True: the backward op has no derivative of its own. Refuse loudly rather than
-            # hand back gradients that silently do not depend on the inputs.
-            raise RuntimeError(f"fastlstm::{row.name}_backward is not differentiable: double backward "
-                               "through fastlstm's ops is not supported")
-        tensors, others = iter(tensors), iter(others)
+            # create_graph=True: the fused backward op has no derivative of its own, so recompute the layer
+            # with differentiable torch ops and let autograd differentiate that, twice if asked.
+            return _recompute_backward(row, ctx, grads[:n_grads], values, fwd_args)
         args = list(grads[:n_grads])
-        for is_t in is_tensor_arg[n_grads:]:
-            args.append(next(tensors) if is_t else next(others))
+        args += [values[n] for n in bwd_args[n_grads:]]
         res = bwd(*args)
         return tuple(res[k] if k is not None and present else None
                      for k, present in zip(grad_of, ctx.present))
@@ -182,38 +415,73 @@ def _register(row: CellOps) -> None:
     def setup_context(ctx, inputs, output):
         values = dict(zip(fwd_args, inputs))
         values.update(zip(out_names, output))
-        tensors, ctx.others = split(values)
-        ctx.save_for_backward(*tensors)
+        ctx.save_for_backward(*[values[n] for n in tensor_inputs + saved_outputs])
+        ctx.others = [values[n] for n in other_inputs]
         ctx.present = [v is not None for v in inputs]
         ctx.mark_non_differentiable(*output[row.n_results:])
 
+    def saved_values(ctx) -> dict:
+        values = dict(zip(tensor_inputs + saved_outputs, ctx.saved_tensors))
+        values.update(zip(other_inputs, ctx.others))
+        return values
+
     def backward(ctx, *grads):
-        return run_backward(ctx, grads, ctx.saved_tensors, ctx.others)
+        return run_backward(ctx, grads, saved_values(ctx))
 
-    # The inference op saves nothing, so its gradient recomputes: the forward op again, then the backward op.
-    # The layer functions never need this (they call the forward op when a gradient is wanted); it makes the
-    # inference op correct, not fast, for anyone who differentiates it directly.
-    is_tensor_input = [a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()) for a in fwd._schema.arguments]
-
+    # The inference op saves nothing but its inputs, so its gradient recomputes: the forward op again, then
+    # the backward op. The layer functions never need this (they call the forward op when a gradient is
+    # wanted); it makes the inference op correct, not fast, for anyone who differentiates it directly.
     def setup_context_inference(ctx, inputs, output):
-        ctx.save_for_backward(*[v for v, is_t in zip(inputs, is_tensor_input) if is_t])
-        ctx.others = [v for v, is_t in zip(inputs, is_tensor_input) if not is_t]
+        values = dict(zip(fwd_args, inputs))
+        ctx.save_for_backward(*[values[n] for n in tensor_inputs])
+        ctx.others = [values[n] for n in other_inputs]
         ctx.present = [v is not None for v in inputs]
 
     def backward_inference(ctx, *grads):
-        saved, others = iter(ctx.saved_tensors), iter(ctx.others)
-        inputs = [next(saved) if is_t else next(others) for is_t in is_tensor_input]
-        with torch.no_grad():
-            output = fwd(*inputs)
-        values = dict(zip(fwd_args, inputs))
-        values.update(zip(out_names, output))
-        return run_backward(ctx, grads, *split(values))
+        values = dict(zip(tensor_inputs, ctx.saved_tensors))
+        values.update(zip(other_inputs, ctx.others))
+        if not torch.is_grad_enabled():
+            with torch.no_grad():
+                output = fwd(*[values[n] for n in fwd_args])
+            values.update(zip(out_names, output))
+        return run_backward(ctx, grads, values)
 
     # Every argument and result of the backward op must be accounted for by the names.
-    assert all(n in fwd_args or n in out_names for n in saved_names), row.name
+    assert all(n in tensor_inputs + saved_outputs + other_inputs for n in saved_names), row.name
     assert all(n in row.sized or n[len("grad_"):] in bwd_args for n in bwd_rets), row.name
     assert list(grad_inputs) == [f"grad_{n}" for n in out_names[:row.n_results]] == bwd_args[:n_grads], row.name
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+    # vmap (issue 12 item 6): the ops are batch-parallel, so a vmap over the input and/or the states is a
+    # bigger batch -- fold the vmapped dimension N into B ([T, N*B, ...]) and unfold the results. Weights
+    # are shared by every example; a vmap over them would be N different layers, which this does not do.
+    batch_dim_of = {"input": 1, "h0": 0, "c0": 0, "lengths": 0}
+
+    def make_vmap(op, kind):
+        def vmap_rule(info, in_dims, *a):
+            N = info.batch_size
+            args = list(a)
+            for n, d, v in zip(fwd_args, in_dims, a):
+                if d is not None and n not in batch_dim_of:
+                    raise RuntimeError(f"fastlstm::{row.name}_{kind}: vmap over argument '{n}' is not supported "
+                                       "(only over input, h0, c0 and lengths: the weights must be shared)")
+            for i, (n, d, v) in enumerate(zip(fwd_args, in_dims, a)):
+                if n not in batch_dim_of or v is None:
+                    continue
+                b = batch_dim_of[n]
+                v = v.movedim(d, 0) if d is not None else v.unsqueeze(0).expand(N, *v.shape)
+                v = v.movedim(0, b)  # [.., N, B, ..]: N outside B, so B's rows of one example stay together
+                args[i] = v.reshape(*v.shape[:b], -1, *v.shape[b + 2:])
+            out = op(*args)
+            res = []
+            for spec, o in zip(specs, out):
+                b = 1 if spec[0] == "T" else 0
+                res.append(o.reshape(*o.shape[:b], N, -1, *o.shape[b + 1:]))
+            return tuple(res), tuple(1 if spec[0] == "T" else 0 for spec in specs[:len(out)])
+        return vmap_rule
+
+    torch.library.register_vmap(fwd, make_vmap(fwd, "forward"))
+    torch.library.register_vmap(inf, make_vmap(inf, "inference"))
     torch.library.register_autograd(inf, backward_inference, setup_context=setup_context_inference)
 
 
