@@ -268,7 +268,8 @@ class RNNEngine:
     def forward(self, input, hx=None):
         if export.is_onnx_exporting():  # ONNX's own LSTM/GRU operators, not fastlstm's ops (fastlstm/export.py)
             return export.forward(self, input, hx)
-        if torch.jit.is_tracing() and not isinstance(input, PackedSequence):
+        # torch.jit.is_tracing() without its Python wrapper: every call of the streaming path pays for this.
+        if torch._C._get_tracing_state() is not None and not isinstance(input, PackedSequence):
             # The twin torch.jit.script compiles always records the forward ops; this forward would record the
             # inference op under no_grad, and trace's check (which reruns under no_grad) would see two graphs.
             return self.__prepare_scriptable__()(input, hx)
