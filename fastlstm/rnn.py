@@ -266,16 +266,16 @@ class RNNEngine:
         return hx.unsqueeze(1)
 
     def forward(self, input, hx=None):
-        if export.is_onnx_exporting():  # ONNX's own LSTM/GRU operators, not fastlstm's ops (fastlstm/export.py)
+        if _onnx_exporting():  # ONNX's own LSTM/GRU operators, not fastlstm's ops (fastlstm/export.py)
             return export.forward(self, input, hx)
-        # torch.jit.is_tracing() without its Python wrapper: every call of the streaming path pays for this.
-        if torch._C._get_tracing_state() is not None and not isinstance(input, PackedSequence):
+        # torch.jit.is_tracing() without its Python wrapper: every call of the streaming path pays for these.
+        if _tracing_state() is not None and not isinstance(input, PackedSequence):
             # The twin torch.jit.script compiles always records the forward ops; this forward would record the
             # inference op under no_grad, and trace's check (which reruns under no_grad) would see two graphs.
             return self.__prepare_scriptable__()(input, hx)
-        if torch._C._is_any_autocast_enabled() and self._autocast_applies(input):
+        if _any_autocast() and self._autocast_applies(input):
             return autocast.forward(self, input, hx)  # nn.LSTM's / nn.GRU's autocast dtypes (fastlstm/autocast.py)
-        if type(input) is Tensor and not torch.compiler.is_compiling():
+        if type(input) is Tensor and not _compiling():
             result = self._forward_lean(input, hx)
             if result is not None:
                 return result
@@ -529,6 +529,11 @@ class RNNEngine:
 
 
 _NONE_SLOT = [None]
+# Bound once: the streaming path checks them on every call (each module attribute lookup costs there).
+_tracing_state = torch._C._get_tracing_state
+_any_autocast = torch._C._is_any_autocast_enabled
+_onnx_exporting = export.is_onnx_exporting
+_compiling = torch.compiler.is_compiling
 
 
 # ------------------------------------------------------------------------------------------------------------
