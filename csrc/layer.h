@@ -231,6 +231,7 @@ struct CellBase {
   static constexpr bool kHasProj = false;
   static constexpr bool kNeedsHPrev = false;  // backward_step reads h_{t-1}
   static constexpr bool kDirectDh = false;    // backward_step writes a part of dh_{t-1} itself (dh_prev)
+  using Seq = void;  // the cell's whole-sequence description (cells/sequence.h), if it has one
   struct Params {};
   struct SavedIn {};  // what backward gets of Saved
   struct Saved {
@@ -262,11 +263,38 @@ struct CellBase {
   // After the input projection of steps [t_lo, t_lo + n) into g2d [n*B, G]: nothing, by default.
   template <class Dev, class SavedT, class ParamsT>
   static void project_epilogue(const Tensor&, SavedT&, int64_t, int64_t, const ParamsT&) {}
+  // Cell-specific pointers of a whole-sequence launch (cells/sequence.h): none, by default.
+  template <class QF, class SavedT, class ParamsT>
+  static void seq_forward_extra(QF&, SavedT&, const ParamsT&) {}
+  template <class QB, class SavedInT>
+  static void seq_backward_extra(QB&, const SavedInT&) {}
   // The gradient of the projection x W_ih^T from that of the gates' input term dgx [T, B, G]: the same.
   template <class Dev, class SavedT, class GradsT, class ParamsT>
   static Tensor input_term_grad(const Tensor& dgx, const SavedT&, GradsT&, const ParamsT&) {
     return dgx;
   }
+};
+
+// A whole-sequence launch's operands (the device's Sequence runs the step loop in one kernel).
+template <class Cell>
+struct SeqForwardCall {
+  Tensor gates;            // [s1 - s0, B, G] S: steps [t_lo, t_lo + s1 - s0) projected
+  int64_t t_lo, s0, s1;    // steps s0 .. s1 - 1 in processing order
+  Tensor output;           // [T, B, H] S
+  Tensor cells;            // [T or 2, B, H] A (cells with c): slot t in training, s % 2 in inference
+  Tensor h0, c0;           // [B, H] S, [B, H] A, contiguous
+  typename Cell::Saved* saved;
+  const typename Cell::Params* params;
+};
+template <class Cell>
+struct SeqBackwardCall {
+  Tensor gates, cells, c0;  // [T, B, G] S, [T, B, H] A, [B, H] A
+  Tensor h_prev_all;        // [T, B, H] S (cells that read h_{t-1}) or undefined
+  Tensor gout, grad_h_n;    // [T, B, H] S, [B, H] S
+  Tensor grad_c_n;          // [B, H] A (cells with c)
+  Tensor dgx, dgh;          // [T, B, G] S out (the same tensor unless the cell has a separate recurrent operand)
+  Tensor grad_h0, grad_c0;  // [B, H] S out, [B, H] A out
+  const typename Cell::SavedIn* saved;
 };
 
 // What a device has unless it says otherwise: the four floating dtypes, the input projection and the
@@ -284,6 +312,15 @@ struct AtenDevice {
                             c10::DeviceTypeName(input.device().type()) + ", got " + c10::toString(t));
     }
   }
+  // A path that runs a layer's whole step loop in one launch (the persistent CUDA kernel): constructed for
+  // one layer call, false where the device has none or the layer does not fit it; the step loop runs then.
+  template <class Cell>
+  struct Sequence {
+    Sequence(const LayerArgs&, const Dims&, bool /*backward*/) {}
+    explicit operator bool() const { return false; }
+    void forward(const SeqForwardCall<Cell>&) {}
+    void backward(const SeqBackwardCall<Cell>&) {}
+  };
   // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]).
   static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
     if (bias.defined()) {
@@ -437,8 +474,12 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    nothing, so it projects `chunk` steps at a time into one reused buffer of at most 2M elements (8 MiB
   //    in float32): memory (and first-touching fresh pages) no longer grows with T, while each GEMM stays
   //    tall enough to run near peak (1 MiB chunks measured slower than one projection at B=32, H=512).
+  typename Dev::template Sequence<Cell> seq(a, d, /*backward=*/false);
+  // The whole-sequence path relaunches per chunk (its weights reloaded each time): larger chunks there.
+  const int64_t chunk_elems = int64_t(1) << (seq ? 24 : 21);
   const int64_t chunk =
-      training ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 21) / std::max<int64_t>(1, B * G)));
+      training ? T
+               : std::max<int64_t>(1, std::min<int64_t>(T, chunk_elems / std::max<int64_t>(1, B * G)));
   Tensor gates = at::empty({chunk, B, G}, opts);
   typename Cell::Saved saved = Cell::Saved::alloc(d, opts, training);
   const Tensor bias = Cell::input_bias(a, params);
@@ -473,7 +514,21 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   st.saved = &saved;
   st.params = &params;
   int64_t t_lo = 0;  // the first step held in `gates`
-  for (int64_t s = 0; s < T; ++s) {
+  if (seq) {
+    // One launch per chunk for the whole step loop (the Sequence checked: no lengths, no projection).
+    for (int64_t s = 0; s < T; s += chunk) {
+      const int64_t n = std::min(chunk, T - s);
+      t_lo = a.reverse ? T - s - n : s;
+      project(t_lo, n);
+      seq.forward(SeqForwardCall<Cell>{gates, t_lo, s, s + n, output, cells, h_prev, c_prev, &saved, &params});
+    }
+    if (T > 0) {
+      const int64_t last = a.reverse ? 0 : T - 1;
+      h_prev = output[last];
+      if (Cell::kHasC) c_prev = cells[cells.size(0) == T ? last : (T - 1) % 2];
+    }
+  }
+  for (int64_t s = 0; s < (seq ? 0 : T); ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     if (s % chunk == 0) {
       const int64_t n = std::min(chunk, T - s);
@@ -601,7 +656,16 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   st.saved = &saved;
   st.grads = &r.grads;
   st.params = &params;
-  for (int64_t s = T - 1; s >= 0; --s) {
+  typename Dev::template Sequence<Cell> seq(a, d, /*backward=*/true);
+  if (seq && T > 0) {
+    // The whole step loop in one launch; dh and dc end as grad_h0 and grad_c0.
+    Tensor gh0 = at::empty({B, P}, opts);
+    Tensor gc0 = Cell::kHasC ? at::empty({B, H}, opts.dtype(acc)) : Tensor();
+    seq.backward(SeqBackwardCall<Cell>{gates, cells, c0_acc, h_prev_all, gout, dh, dc, dgx, dgh, gh0, gc0, &saved});
+    dh = gh0;
+    dc = gc0;
+  }
+  for (int64_t s = (seq ? -1 : T - 1); s >= 0; --s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     at::add_out(dh_t, dh, gout_at[t]);
     if (proj) {

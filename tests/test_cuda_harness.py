@@ -217,3 +217,67 @@ def test_launcher_plan_narrows_vectors_for_small_grids(harness):
     assert harness.last_vec() == 4
     run_both(harness, "lstm", dict(T=1, B=2, I=4, H=1024), torch.float32)
     assert harness.last_vec() == 1
+
+
+# The persistent kernel (csrc/cuda/persistent.cuh), its step functions run block by block on the host. name ->
+# (layer, multiprocessors the plan may use). Half types need H % 16 == 0 (tensor-core tiles).
+PERSISTENT_CONFIGS = {
+    "four_units_per_block": (dict(T=5, B=3, I=4, H=16), 5),  # 4 blocks of 4 units
+    "partial_last_block": (dict(T=4, B=17, I=3, H=48), 7),  # 7 units per block, the last has 6; B over a tile
+    "one_unit_reverse": (dict(T=6, B=2, I=5, H=32, reverse=True), 132),
+    "no_bias_two_blocks": (dict(T=3, B=5, I=2, H=16, bias=False), 2),
+    "one_step": (dict(T=1, B=1, I=1, H=16), 3),
+}
+PERSISTENT_CELLS = ["lstm", "gru"]
+
+
+@pytest.fixture
+def persistent(harness):
+    yield harness
+    harness.set_persistent(False, 132, 227 * 1024)
+
+
+@pytest.mark.parametrize("config", list(PERSISTENT_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_kernel_matches_cpu_op(persistent, nan_fill, cell, dtype, config):
+    """Issue 14: the persistent path's slicing, padding, buffer parity, pass arguments and epilogues, forward,
+    backward and inference, agree with the CPU op; and the path really ran (three launches)."""
+    cfg, sms = PERSISTENT_CONFIGS[config]
+    persistent.set_plan(16, False)
+    persistent.set_persistent(True, sms, 227 * 1024)
+    runs = persistent.persistent_runs()
+    (h_out, h_grads, h_inf), (c_out, c_grads, c_inf) = run_both(persistent, cell, cfg, dtype)
+    assert persistent.persistent_runs() == runs + 3
+    assert_same(h_out, c_out, dtype, "forward")
+    assert_same(h_grads, c_grads, dtype, "backward")
+    assert_same(h_inf, c_inf, dtype, "inference")
+
+
+@pytest.mark.parametrize("cell,cfg,smem,why", [
+    ("lstm", dict(T=3, B=2, I=3, H=12), 227 * 1024, "H % 16 for half types"),
+    ("lstm", dict(T=3, B=2, I=3, H=16, lengths=[3, 1]), 227 * 1024, "packed lengths"),
+    ("lstm_proj", dict(T=3, B=2, I=3, H=16), 227 * 1024, "projection"),
+    ("peephole_diagonal", dict(T=3, B=2, I=3, H=16), 227 * 1024, "no whole-sequence description"),
+    ("gru", dict(T=3, B=2, I=3, H=16), 512, "weights do not fit in shared memory"),
+    ("lstm", dict(T=2, B=129, I=3, H=16), 227 * 1024, "batch over 128"),
+])
+def test_persistent_plan_declines_and_the_step_loop_runs(persistent, nan_fill, cell, cfg, smem, why):
+    """Where the persistent kernel cannot run a layer, the per-step path does, with the same results."""
+    persistent.set_plan(16, False)
+    persistent.set_persistent(True, 132, smem)
+    runs = persistent.persistent_runs()
+    (h_out, h_grads, _), (c_out, c_grads, _) = run_both(persistent, cell, cfg, torch.float16)
+    assert persistent.persistent_runs() == runs, why
+    assert_same(h_out, c_out, torch.float16, "forward")
+    assert_same(h_grads, c_grads, torch.float16, "backward")
+
+
+def test_persistent_float32_takes_any_hidden_size(persistent, nan_fill):
+    """float32 runs on the CUDA cores, so H need not be a multiple of 16 (H = 6, 3 blocks of 2 units)."""
+    persistent.set_persistent(True, 3, 227 * 1024)
+    runs = persistent.persistent_runs()
+    (h_out, h_grads, _), (c_out, c_grads, _) = run_both(persistent, "lstm", dict(T=4, B=3, I=2, H=6), torch.float32)
+    assert persistent.persistent_runs() == runs + 3
+    assert_same(h_out, c_out, torch.float32, "forward")
+    assert_same(h_grads, c_grads, torch.float32, "backward")

@@ -11,3 +11,8 @@
   X(LstmForward) X(LstmBackward) X(GruForward) X(GruBackward) X(PeepholeForwardDiag) X(PeepholeForwardC) \
   X(PeepholeForwardH) X(PeepholeBackwardDiag) X(PeepholeBackwardH) X(PeepholeBackwardC) X(LnInputNorm)   \
   X(LnForward) X(LnBackward) X(LnInputNormBackward)
+
+// The cells with a whole-sequence description (sequence.h), which the persistent CUDA kernel runs. Layer
+// norm needs a sum over the whole row per step and full peepholes a product of c with a matrix, neither of
+// which a block owning a slice of the units has.
+#define FASTLSTM_SEQUENCES(X) X(LstmSeq) X(GruSeq)

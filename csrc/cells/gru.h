@@ -5,6 +5,7 @@
 #pragma once
 
 #include "passes.h"
+#include "sequence.h"
 
 namespace fastlstm {
 namespace cells {
@@ -84,6 +85,30 @@ struct GruBackward {
       L.store(dr + 2 * H + j, dhn);
       L.store(a.dh_prev + r0 + j, dhp);
     });
+  }
+};
+
+// The cell for the whole-sequence kernel (sequence.h). The recurrent product is the pass's separate operand
+// `gh` (q.rec); backward writes the direct part dh * z of dh_{t-1} itself (q.direct).
+struct GruSeq {
+  using Fwd = GruForward;
+  using Bwd = GruBackward;
+  static constexpr int kGates = 3;
+  static constexpr bool kHasC = false;
+  static constexpr bool kSeparateRec = true;
+  static constexpr bool kDirectDh = true;
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
+                                                                     const S* h_prev, S* h) {
+    const int64_t t = q.step(s);
+    return {q.gates + (t - q.t_lo) * q.B * 3 * q.H, q.rec, q.b_hn, h_prev,
+            q.hn + (q.hn_per_step ? t * q.B * q.H : 0), h};
+  }
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Bwd::template Args<S> backward(const SeqBackwardArgs<S>& q, int64_t s,
+                                                                      const acc_of<S>*, S* dg, acc_of<S>*) {
+    const int64_t t = q.step(s), BH = q.B * q.H;
+    return {q.gates + t * 3 * BH, q.hn + t * BH, q.h_prev_all + t * BH, q.dh, q.dgx + t * 3 * BH, dg, q.direct};
   }
 };
 

@@ -15,6 +15,7 @@ struct GruCell : CellBase {
   static constexpr bool kSeparateRec = true;
   static constexpr bool kNeedsHPrev = true;
   static constexpr bool kDirectDh = true;
+  using Seq = cells::GruSeq;
   struct Params {
     Tensor b_hn;  // [H] S contiguous, or undefined without biases
   };
@@ -40,6 +41,19 @@ struct GruCell : CellBase {
     return bias;
   }
   static void check_saved(const Check& chk, const Dims& d, const SavedIn& s) { chk("hn", s.hn, {d.T, d.B, d.H}); }
+  // hn and b_hn for a whole-sequence launch (QF / QB: cells::SeqForwardArgs / SeqBackwardArgs of S).
+  template <class QF>
+  static void seq_forward_extra(QF& q, Saved& sv, const Params& p) {
+    using S = std::remove_pointer_t<decltype(q.hn)>;
+    q.hn = ptr<S>(sv.hn);
+    q.hn_per_step = sv.training;
+    q.b_hn = ptr_or_null<const S>(p.b_hn);
+  }
+  template <class QB>
+  static void seq_backward_extra(QB& q, const SavedIn& s) {
+    using S = std::remove_const_t<std::remove_pointer_t<decltype(q.hn)>>;
+    q.hn = ptr<const S>(s.hn);
+  }
 
   template <class Dev>
   static void forward_step(const ForwardStep<GruCell>& s) {

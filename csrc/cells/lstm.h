@@ -3,6 +3,7 @@
 #pragma once
 
 #include "passes.h"
+#include "sequence.h"
 
 namespace fastlstm {
 namespace cells {
@@ -76,6 +77,34 @@ struct LstmBackward {
       L.store(dg + 3 * H + j, dout);
       L.store(a.dc_prev + r + j, dcp);
     });
+  }
+};
+
+// The cell for the whole-sequence kernel (sequence.h): the steps' pass arguments from the sequence's buffers.
+// The recurrent product is added into the step's gates before the forward pass; backward's dgates are the
+// recurrent product's gradient too.
+struct LstmSeq {
+  using Fwd = LstmForward;
+  using Bwd = LstmBackward;
+  static constexpr int kGates = 4;
+  static constexpr bool kHasC = true;
+  static constexpr bool kSeparateRec = false;
+  static constexpr bool kDirectDh = false;
+  // Processing step s: h_prev [B, H] the state it starts from, h [B, H] out.
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
+                                                                     const S*, S* h) {
+    return {q.gates + (q.step(s) - q.t_lo) * q.B * 4 * q.H, q.cell_before(s), q.cell_at(s), h};
+  }
+  // dc_next [B, H]: the gradient reaching c_t from the step after; dg [B, 4H] out (the dgates);
+  // dc_prev [B, H] out.
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Bwd::template Args<S> backward(const SeqBackwardArgs<S>& q, int64_t s,
+                                                                      const acc_of<S>* dc_next, S* dg,
+                                                                      acc_of<S>* dc_prev) {
+    const int64_t BH = q.B * q.H;
+    const acc_of<S>* c_prev = s == 0 ? q.c0 : q.cells + q.step(s - 1) * BH;
+    return {q.gates + q.step(s) * 4 * BH, q.cells + q.step(s) * BH, c_prev, q.dh, dc_next, dg, dc_prev};
   }
 };
 

@@ -11,6 +11,7 @@ namespace fastlstm {
 struct LstmCell : CellBase {
   static constexpr int kGates = 4;
   static constexpr bool kHasProj = true;
+  using Seq = cells::LstmSeq;
 
   template <class Dev>
   static void forward_step(const ForwardStep<LstmCell>& s) {

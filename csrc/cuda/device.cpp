@@ -10,18 +10,64 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include "../cells/ops.h"
 #include "dispatch.h"
 #include "launch.h"
+#include "sequence.h"
 
 namespace fastlstm {
 namespace gpu {
 
+// The persistent kernel's side of PersistentSequence (sequence.h): on only with FASTLSTM_CUDA_PERSISTENT=1
+// (read per call, so tests and benchmarks can switch paths), until it has been proven on a GPU.
+struct PersistentRunner {
+  static bool enabled() {
+    const char* e = std::getenv("FASTLSTM_CUDA_PERSISTENT");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }
+  // The device's limits, read once per device.
+  static bool limits(const Tensor& like, int* sms, size_t* smem_max) {
+    struct Limits {
+      bool ok = false;
+      int sms = 0;
+      size_t smem = 0;
+    };
+    static std::array<Limits, 64> cache;
+    static std::array<std::once_flag, 64> once;
+    const int dev = like.device().index();
+    if (dev < 0 || dev >= 64) return false;
+    std::call_once(once[size_t(dev)], [&] {
+      Limits l;
+      l.ok = persistent_limits(dev, &l.sms, &l.smem) == cudaSuccess;
+      (void)cudaGetLastError();  // an unsupported attribute must not poison the next launch's check
+      cache[size_t(dev)] = l;
+    });
+    const Limits& l = cache[size_t(dev)];
+    *sms = l.sms;
+    *smem_max = l.smem;
+    return l.ok;
+  }
+  template <class Seq, typename S>
+  static void forward(const cells::SeqForwardArgs<S>& q, const PersistentPlan& p, const Tensor& like) {
+    C10_CUDA_CHECK(persistent_forward<Seq, S>(q, p, c10::cuda::getCurrentCUDAStream(like.device().index()).stream()));
+  }
+  template <class Seq, typename S>
+  static void backward(const cells::SeqBackwardArgs<S>& q, const PersistentPlan& p, const Tensor& like) {
+    C10_CUDA_CHECK(persistent_backward<Seq, S>(q, p, c10::cuda::getCurrentCUDAStream(like.device().index()).stream()));
+  }
+};
+
 // The dtype check, the input projection and the recurrent GEMMs are AtenDevice's (cuBLAS, current stream).
 struct CudaDevice : AtenDevice {
+  template <class Cell>
+  using Sequence = PersistentSequence<Cell, PersistentRunner>;
 
   // One op call's scope: the input's device, and float32 GEMMs that follow cuDNN's RNN TF32 setting
   // (torch.backends.cudnn.allow_tf32 / cudnn.rnn.fp32_precision, on by default), the one nn.LSTM's cuDNN

@@ -16,7 +16,9 @@
 #include "../../csrc/cells/ops.h"
 #include "../../csrc/schemas.h"
 #include "../../csrc/cuda/dispatch.h"
+#include "../../csrc/cuda/persistent.cuh"
 #include "../../csrc/cuda/row_kernel.cuh"
+#include "../../csrc/cuda/sequence.h"
 
 namespace fastlstm {
 namespace harness {
@@ -35,8 +37,46 @@ void set_plan(int64_t max_vec, bool launcher_min_blocks) {
 
 int64_t last_vec() { return g_last_vec; }
 
+// The persistent path: off by default; set_persistent(true, sms, smem_bytes) runs the layers of cells with
+// a whole-sequence description through persistent.cuh's step functions, planned for a device with `sms`
+// multiprocessors and `smem_bytes` of shared memory per block. persistent_runs(): how many launches did.
+bool g_persistent = false;
+int g_sms = 132;
+int64_t g_smem = 227 * 1024;
+int64_t g_persistent_runs = 0;
+
+void set_persistent(bool on, int64_t sms, int64_t smem_bytes) {
+  TORCH_CHECK(sms > 0 && smem_bytes > 0, "set_persistent: sms and smem_bytes must be positive, got ", sms, ", ",
+              smem_bytes);
+  g_persistent = on;
+  g_sms = int(sms);
+  g_smem = smem_bytes;
+}
+int64_t persistent_runs() { return g_persistent_runs; }
+
+struct HarnessRunner {
+  static bool enabled() { return g_persistent; }
+  static bool limits(const Tensor&, int* sms, size_t* smem_max) {
+    *sms = g_sms;
+    *smem_max = size_t(g_smem);
+    return true;
+  }
+  template <class Seq, typename S>
+  static void forward(const cells::SeqForwardArgs<S>& q, const gpu::PersistentPlan& p, const Tensor&) {
+    ++g_persistent_runs;
+    gpu::persist::emulate_forward<Seq, S>(q, p);
+  }
+  template <class Seq, typename S>
+  static void backward(const cells::SeqBackwardArgs<S>& q, const gpu::PersistentPlan& p, const Tensor&) {
+    ++g_persistent_runs;
+    gpu::persist::emulate_backward<Seq, S>(q, p);
+  }
+};
+
 // The GEMMs are AtenDevice's, on the CPU; only the passes run the CUDA way.
 struct HarnessDevice : AtenDevice {
+  template <class Cell>
+  using Sequence = gpu::PersistentSequence<Cell, HarnessRunner>;
   // Every block of the grid the launcher would launch, in turn.
   template <class Pass, class Make>
   static void run(const Tensor& like, int64_t rows, int64_t H, const Make& make) {
@@ -65,6 +105,8 @@ TORCH_LIBRARY(fastlstm_harness, m) {
   FASTLSTM_DEFINE_SCHEMAS(m)
   m.def("set_plan(int max_vec, bool launcher_min_blocks) -> ()", &fastlstm::harness::set_plan);
   m.def("last_vec() -> int", &fastlstm::harness::last_vec);
+  m.def("set_persistent(bool on, int sms, int smem_bytes) -> ()", &fastlstm::harness::set_persistent);
+  m.def("persistent_runs() -> int", &fastlstm::harness::persistent_runs);
 }
 
 TORCH_LIBRARY_IMPL(fastlstm_harness, CPU, m) { fastlstm::register_cell_ops<fastlstm::harness::HarnessDevice>(m); }
