@@ -1,5 +1,5 @@
-"""The table of cell ops, and everything Python adds to them: fake kernels and autograd, written once from
-the table, and the one-layer functions the modules call.
+"""The table of cell ops, and everything Python adds to them: fake kernels, autograd, vmap rules and a
+torch.func-transformable form, written once from the table, and the one-layer functions the modules call.
 
 Every cell has three ops (csrc/fastlstm.cpp holds their schemas): ``<cell>_forward`` returns the layer's
 results and then what its backward needs (saved tensors); ``<cell>_inference`` returns only the results;
@@ -347,6 +347,27 @@ def _check_args(row: CellOps, op: str, args: dict) -> dict:
     return sizes
 
 
+class _Static:
+    """The non-tensor part of a transformed layer's context (see _register's Layer): the differentiable
+    inputs present (``names``), the names of the saved tensors in order (``saved``) and the non-tensor
+    arguments by name (``others``). One object, which pytree treats as a leaf, so functorch's transforms pass
+    it through untouched."""
+    __slots__ = ("names", "saved", "others")
+
+    def __init__(self, names: tuple, saved: list, others: dict):
+        self.names, self.saved, self.others = names, saved, others
+
+    def values(self, tensors) -> dict:
+        """The saved tensors and the non-tensor arguments, by schema name."""
+        values = dict(zip(self.saved, tensors))
+        values.update(self.others)
+        return values
+
+
+# cell name -> its layer as a torch.func-transformable Function, (forward op's arguments) -> results.
+_TRANSFORMED: dict = {}
+
+
 def _register(row: CellOps) -> None:
     """Fake kernels for the row's three ops, and autograd for its forward and inference ops, from the
     schemas' names."""
@@ -484,6 +505,124 @@ def _register(row: CellOps) -> None:
     torch.library.register_vmap(inf, make_vmap(inf, "inference"))
     torch.library.register_autograd(inf, backward_inference, setup_context=setup_context_inference)
 
+    # torch.func transforms (grad, vjp, jacrev, jvp, jacfwd, and vmap over any of them). The autograd that
+    # register_autograd generates has no setup_context of its own, which functorch requires, so under a
+    # differentiating transform the layer functions call this Function instead (_TRANSFORMED); plain
+    # autograd and plain vmap keep the registrations above. Its backward is itself a Function: the fused
+    # backward op for the first derivative, differentiated (second and higher orders, forward mode) through
+    # composite_layer. generate_vmap_rule lets functorch vmap both through the ops' own vmap rules.
+    diff_inputs = [n for n in tensor_inputs if n != "lengths"]
+
+    def composite_vjp(values: dict, names: tuple, grads: tuple, prims: tuple) -> tuple:
+        """The layer's input gradients (one per name in ``names``) for its results' gradients ``grads``,
+        through composite_layer: differentiable in ``grads`` and ``prims`` (the values of ``names``) by any
+        transform."""
+        def results(*p):
+            return composite_layer(row.name, {**values, **dict(zip(names, p))})
+        _, vjp = torch.func.vjp(results, *prims)
+        return vjp(tuple(grads))
+
+    class LayerBackward(torch.autograd.Function):
+        """(grads of the results, the layer's tensor inputs, the forward op's saved outputs, static)
+        -> the gradient of each present differentiable input, in static.names' order."""
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(*a):
+            static = a[-1]
+            grads, values = a[:n_grads], static.values(a[n_grads:-1])
+            res = bwd(*grads, *[values[n] for n in bwd_args[n_grads:]])
+            out, seen = [], set()
+            for n in static.names:
+                k = ret_index[row.grads[n]]
+                # b_ih and b_hh may share one result (the LSTM's grad_bias): a Function returns each once
+                out.append(res[k].clone() if k in seen else res[k])
+                seen.add(k)
+            return tuple(out)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs[:-1])
+            ctx.save_for_forward(*inputs[:-1])
+            ctx.static = inputs[-1]
+
+        @staticmethod
+        def _split(ctx):
+            saved, static = ctx.saved_tensors, ctx.static
+            values = static.values(saved[n_grads:])
+            return static, values, tuple(saved[:n_grads]), tuple(values[n] for n in static.names)
+
+        @staticmethod
+        def backward(ctx, *ggrads):
+            static, values, grads, prims = LayerBackward._split(ctx)
+            _, vjp2 = torch.func.vjp(lambda g, p: composite_vjp(values, static.names, g, p), grads, prims)
+            d_grads, d_prims = vjp2(tuple(ggrads))
+            d_values = dict(zip(static.names, d_prims))
+            return (*d_grads, *[d_values.get(n) for n in static.saved], None)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            static, values, grads, prims = LayerBackward._split(ctx)
+            t_values = static.values(tangents[n_grads:-1])
+            t_grads = tuple(torch.zeros_like(g) if t is None else t for g, t in zip(grads, tangents[:n_grads]))
+            t_prims = tuple(torch.zeros_like(p) if t_values[n] is None else t_values[n]
+                            for n, p in zip(static.names, prims))
+            _, out = torch.func.jvp(lambda g, p: composite_vjp(values, static.names, g, p), (grads, prims),
+                                    (t_grads, t_prims))
+            return tuple(out)
+
+    class Layer(torch.autograd.Function):
+        """The forward op (every output; only the first n_results are differentiable) as a Function that
+        torch.func can transform."""
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(*a):
+            return tuple(fwd(*a))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            values = dict(zip(fwd_args, inputs))
+            values.update(zip(out_names, output))
+            saved = [values[n] for n in tensor_inputs + saved_outputs]
+            # the same list for both: under vmap, each records its tensors' batch dims in one shared slot
+            ctx.save_for_backward(*saved)
+            ctx.save_for_forward(*saved)
+            ctx.static = _Static(tuple(n for n in diff_inputs if values[n] is not None),
+                                 tensor_inputs + saved_outputs, {n: values[n] for n in other_inputs})
+            ctx.mark_non_differentiable(*output[row.n_results:])
+
+        @staticmethod
+        def backward(ctx, *grads):
+            static = ctx.static
+            got = dict(zip(static.names, LayerBackward.apply(*grads[:n_grads], *ctx.saved_tensors, static)))
+            return tuple(got.get(n) for n in fwd_args)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            static = ctx.static
+            values = static.values(ctx.saved_tensors)
+            t_of = dict(zip(fwd_args, tangents))
+            prims = tuple(values[n] for n in static.names)
+            t_prims = tuple(torch.zeros_like(p) if t_of[n] is None else t_of[n] for n, p in zip(static.names, prims))
+            _, out = torch.func.jvp(lambda *p: composite_layer(row.name, {**values, **dict(zip(static.names, p))}),
+                                    prims, t_prims)
+            return (*out, *[None] * (len(out_names) - row.n_results))
+
+    Layer.__name__, LayerBackward.__name__ = f"{row.name}_layer", f"{row.name}_layer_backward"
+    _TRANSFORMED[row.name] = lambda *a: Layer.apply(*a)[:row.n_results]
+
+    # The backward op under vmap (LayerBackward's generated vmap rule calls it so, for per-sample gradients):
+    # one call per vmapped example. Folding the examples into the batch, as the forward op's rule does, would
+    # sum the weight gradients over them.
+    def backward_vmap(info, in_dims, *a):
+        outs = [bwd(*[v if d is None or v is None else v.select(d, k) for v, d in zip(a, in_dims)])
+                for k in range(info.batch_size)]
+        res = tuple(torch.stack(o) for o in zip(*outs))
+        return res, (0,) * len(res)
+
+    torch.library.register_vmap(bwd, backward_vmap)
+
 
 # (row name, device type) -> whether this build has kernels for it. Looked up once (and by register_cell): a
 # dispatcher query inside a module's forward would break torch.compile's graph.
@@ -533,6 +672,17 @@ _peephole_forward = torch.ops.fastlstm.peephole_forward.default
 _peephole_inference = torch.ops.fastlstm.peephole_inference.default
 _layernorm_lstm_forward = torch.ops.fastlstm.layernorm_lstm_forward.default
 _layernorm_lstm_inference = torch.ops.fastlstm.layernorm_lstm_inference.default
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
+def _differentiating() -> bool:
+    """Whether a torch.func transform that differentiates (grad, vjp, jacrev, jvp, jacfwd) is on the stack.
+    The layer functions then run the layer as a Function functorch can transform (_TRANSFORMED); under vmap
+    alone the ops' own vmap rules and autograd serve, with the fused backward. Asked only once
+    _functorch_active() (one C call, all the streaming path pays) says some transform is."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
 def lstm_layer(
@@ -553,6 +703,8 @@ def lstm_layer(
     Differentiable in every tensor argument; when no gradient is needed the inference op runs, which saves
     nothing for backward.
     """
+    if _functorch_active() and _differentiating():  # torch.func.grad, jacrev, jvp, ...
+        return _TRANSFORMED["lstm"](input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or c0.requires_grad or w_ih.requires_grad
             or w_hh.requires_grad or (b_ih is not None and b_ih.requires_grad)
@@ -579,6 +731,8 @@ def gru_layer(
     input [T, B, I], h0 [B, H] -> (output [T, B, H], h_n [B, H]). Differentiable in every tensor argument;
     when no gradient is needed the inference op runs, which saves nothing for backward.
     """
+    if _functorch_active() and _differentiating():  # torch.func.grad, jacrev, jvp, ...
+        return _TRANSFORMED["gru"](input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or w_ih.requires_grad or w_hh.requires_grad
             or (b_ih is not None and b_ih.requires_grad) or (b_hh is not None and b_hh.requires_grad)):
@@ -609,6 +763,8 @@ def peephole_layer(
     -> (output [T, B, H], h_n [B, H], c_n [B, H]). Differentiable in every tensor argument; when no gradient
     is needed the inference op runs, which saves nothing for backward.
     """
+    if _functorch_active() and _differentiating():  # torch.func.grad, jacrev, jvp, ...
+        return _TRANSFORMED["peephole"](input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths, reverse)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or c0.requires_grad or w_ih.requires_grad
             or w_hh.requires_grad or (b_ih is not None and b_ih.requires_grad)
@@ -647,6 +803,8 @@ def layernorm_lstm_layer(
     """
     args = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, lengths,
             reverse, eps)
+    if _functorch_active() and _differentiating():
+        return _TRANSFORMED["layernorm_lstm"](*args)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or c0.requires_grad or w_ih.requires_grad
             or w_hh.requires_grad or (b_ih is not None and b_ih.requires_grad)

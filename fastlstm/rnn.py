@@ -93,6 +93,29 @@ def _lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
     return (batch_sizes.unsqueeze(1) > torch.arange(B)).sum(0)
 
 
+# Packing and unpacking by indexing, for torch.func transforms: torch's kernels (and their backward) read the
+# data's storage, which torch.func's wrapped tensors have none of -- nn.LSTM fails on a PackedSequence under
+# torch.func.grad for that reason. Indexing is differentiable by every transform.
+
+def _pad_packed_data(data: Tensor, batch_sizes: Tensor) -> Tensor:
+    """pad_packed_sequence(PackedSequence(data, batch_sizes))[0]: data [N, *] packed from a sorted batch,
+    batch_sizes int64 [T] on the CPU -> padded [T, B, *], zeros past each sequence's end."""
+    b = torch.arange(int(batch_sizes[0]))
+    starts = torch.cumsum(batch_sizes, 0) - batch_sizes  # the first row of each step's data
+    # a padding slot takes the zero row appended after the data
+    idx = torch.where(b < batch_sizes.unsqueeze(1), starts.unsqueeze(1) + b, data.size(0))
+    return torch.cat([data, data.new_zeros(1, *data.shape[1:])])[idx.to(data.device)]
+
+
+def _pack_padded_data(padded: Tensor, batch_sizes: Tensor) -> Tensor:
+    """pack_padded_sequence(padded, lengths, enforce_sorted=True).data for the lengths batch_sizes (int64 [T],
+    on the CPU) describes: padded [T, B, *] -> data [sum(batch_sizes), *], step by step."""
+    T, B = padded.shape[:2]
+    b = torch.arange(B)
+    rows = (torch.arange(T).unsqueeze(1) * B + b)[b < batch_sizes.unsqueeze(1)]
+    return padded.reshape(T * B, *padded.shape[2:])[rows.to(padded.device)]
+
+
 def _lengths_to(lengths: Tensor, device: torch.device) -> Tensor:
     """lengths (int64 [B], non-increasing, on the CPU as a PackedSequence's batch sizes are) on ``device``,
     without making the host wait. A plain .to(cuda) from pageable memory blocks until the GPU has caught up
@@ -321,9 +344,17 @@ class RNNEngine:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             # Run padded with a per-sequence length mask; no re-sorting inside.
             lengths = _lengths_from_batch_sizes(batch_sizes)
-            padded, _ = pad_packed_sequence(PackedSequence(input, batch_sizes), batch_first=False)
+            # torch.func's wrapped tensors have no storage for torch's (un)packing kernels and their backward
+            transformed = _functorch_active()
+            if transformed:
+                padded = _pad_packed_data(input, batch_sizes)
+            else:
+                padded, _ = pad_packed_sequence(PackedSequence(input, batch_sizes), batch_first=False)
             out, finals = self._run(padded, states, _lengths_to(lengths, input.device))
-            output = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+            if transformed:
+                output = _pack_padded_data(out, batch_sizes)
+            else:
+                output = pack_padded_sequence(out, lengths, enforce_sorted=True).data
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(self._hx(finals), unsorted_indices))
 
@@ -534,6 +565,7 @@ _tracing_state = torch._C._get_tracing_state
 _any_autocast = torch._C._is_any_autocast_enabled
 _onnx_exporting = export.is_onnx_exporting
 _compiling = torch.compiler.is_compiling
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 # ------------------------------------------------------------------------------------------------------------
