@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
@@ -605,8 +606,26 @@ def _register(row: CellOps) -> None:
             t_of = dict(zip(fwd_args, tangents))
             prims = tuple(values[n] for n in static.names)
             t_prims = tuple(torch.zeros_like(p) if t_of[n] is None else t_of[n] for n, p in zip(static.names, prims))
-            _, out = torch.func.jvp(lambda *p: composite_layer(row.name, {**values, **dict(zip(static.names, p))}),
-                                    prims, t_prims)
+            def f(*p):
+                return composite_layer(row.name, {**values, **dict(zip(static.names, p))})
+
+            if _functorch_active():
+                _, out = torch.func.jvp(f, prims, t_prims)
+            else:
+                # Plain forward-mode AD (a dual_level): autograd runs this with forward AD off and cannot nest
+                # torch.func.jvp, so the JVP is taken by reverse mode twice: J t = d/du <J^T u, t>.
+                def primal(v):
+                    return _fwad.unpack_dual(v).primal if isinstance(v, Tensor) else v
+
+                values = {n: primal(v) for n, v in values.items()}
+                with torch.enable_grad():
+                    p = [primal(q).detach().requires_grad_() for q in prims]
+                    res = f(*p)
+                    us = [torch.zeros_like(r, requires_grad=True) for r in res]
+                    g = torch.autograd.grad(res, p, us, create_graph=True, allow_unused=True)
+                    inner = sum((gi * ti).sum() for gi, ti in zip(g, t_prims) if gi is not None)
+                    out = torch.autograd.grad(inner, us, allow_unused=True) if torch.is_tensor(inner) else [None] * len(us)
+                out = tuple(torch.zeros_like(r) if t is None else t.detach() for r, t in zip(res, out))
             return (*out, *[None] * (len(out_names) - row.n_results))
 
     Layer.__name__, LayerBackward.__name__ = f"{row.name}_layer", f"{row.name}_layer_backward"
@@ -675,6 +694,13 @@ _layernorm_lstm_inference = torch.ops.fastlstm.layernorm_lstm_inference.default
 _functorch_active = torch._C._are_functorch_transforms_active
 
 
+def _transformed() -> bool:
+    """Whether the layer must run as the transformable Function: a differentiating torch.func transform, or
+    forward-mode AD (torch.autograd.forward_ad.dual_level), whose tangents the ops alone would drop without a
+    word on a frozen module (the inference op has no derivative at all)."""
+    return (_functorch_active() and _differentiating()) or _fwad._current_level >= 0
+
+
 def _differentiating() -> bool:
     """Whether a torch.func transform that differentiates (grad, vjp, jacrev, jvp, jacfwd) is on the stack.
     The layer functions then run the layer as a Function functorch can transform (_TRANSFORMED); under vmap
@@ -703,7 +729,7 @@ def lstm_layer(
     Differentiable in every tensor argument; when no gradient is needed the inference op runs, which saves
     nothing for backward.
     """
-    if _functorch_active() and _differentiating():  # torch.func.grad, jacrev, jvp, ...
+    if _transformed():  # torch.func.grad, jacrev, jvp, ...; forward-mode AD
         return _TRANSFORMED["lstm"](input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or c0.requires_grad or w_ih.requires_grad
@@ -731,7 +757,7 @@ def gru_layer(
     input [T, B, I], h0 [B, H] -> (output [T, B, H], h_n [B, H]). Differentiable in every tensor argument;
     when no gradient is needed the inference op runs, which saves nothing for backward.
     """
-    if _functorch_active() and _differentiating():  # torch.func.grad, jacrev, jvp, ...
+    if _transformed():  # torch.func.grad, jacrev, jvp, ...; forward-mode AD
         return _TRANSFORMED["gru"](input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or w_ih.requires_grad or w_hh.requires_grad
@@ -763,7 +789,7 @@ def peephole_layer(
     -> (output [T, B, H], h_n [B, H], c_n [B, H]). Differentiable in every tensor argument; when no gradient
     is needed the inference op runs, which saves nothing for backward.
     """
-    if _functorch_active() and _differentiating():  # torch.func.grad, jacrev, jvp, ...
+    if _transformed():  # torch.func.grad, jacrev, jvp, ...; forward-mode AD
         return _TRANSFORMED["peephole"](input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths, reverse)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or c0.requires_grad or w_ih.requires_grad
@@ -803,7 +829,7 @@ def layernorm_lstm_layer(
     """
     args = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, lengths,
             reverse, eps)
-    if _functorch_active() and _differentiating():
+    if _transformed():
         return _TRANSFORMED["layernorm_lstm"](*args)
     if torch.is_grad_enabled() and (
             input.requires_grad or h0.requires_grad or c0.requires_grad or w_ih.requires_grad

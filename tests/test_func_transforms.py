@@ -258,3 +258,26 @@ def test_jvp_through_a_frozen_module_is_not_silently_zero():
     got, want = (jvp(lambda x: mod(x)[0], (x,), (t,))[1] for mod in (m, ref))
     assert want.abs().sum() > 0
     torch.testing.assert_close(got, want, **TOL64)
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "trainable"])
+@pytest.mark.parametrize("cls,kw", MODULES, ids=MODULE_IDS)
+def test_plain_forward_mode_ad_equals_torch_func_jvp(cls, kw, frozen):
+    # torch.autograd.forward_ad outside torch.func: a frozen module used to return no tangent at all (the
+    # inference op has no forward formula) and a trainable one raised. The tangent of every output, with the
+    # input and the states dual, equals torch.func.jvp's (itself checked against the references above).
+    m, runs, params = _functions(cls, kw, FLAGS[1])
+    if frozen:
+        m.requires_grad_(False)
+    x, hx = _inputs(m)
+    g = torch.Generator().manual_seed(3)
+    tx = torch.randn(x.shape, generator=g, dtype=DT)
+    thx = torch.utils._pytree.tree_map(lambda h: torch.randn(h.shape, generator=g, dtype=DT), hx)
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level():
+        dual_hx = torch.utils._pytree.tree_map(fwad.make_dual, hx, thx)
+        out = m(fwad.make_dual(x, tx), dual_hx)
+        got = torch.utils._pytree.tree_map(lambda o: fwad.unpack_dual(o).tangent, out)
+    want = jvp(lambda x, hx: m(x, hx), (x, hx), (tx, thx))[1]
+    assert all(t is not None for t in torch.utils._pytree.tree_leaves(got))
+    _assert_trees_close(got, want)

@@ -56,11 +56,15 @@ struct PersistentRunner {
   }
   template <class Seq, typename S>
   static void forward(const cells::SeqForwardArgs<S>& q, const PersistentPlan& p, const Tensor& like) {
-    C10_CUDA_CHECK(persistent_forward<Seq, S>(q, p, c10::cuda::getCurrentCUDAStream(like.device().index()).stream()));
+    const cudaError_t err =
+        persistent_forward<Seq, S>(q, p, c10::cuda::getCurrentCUDAStream(like.device().index()).stream());
+    C10_CUDA_CHECK(err);
   }
   template <class Seq, typename S>
   static void backward(const cells::SeqBackwardArgs<S>& q, const PersistentPlan& p, const Tensor& like) {
-    C10_CUDA_CHECK(persistent_backward<Seq, S>(q, p, c10::cuda::getCurrentCUDAStream(like.device().index()).stream()));
+    const cudaError_t err =
+        persistent_backward<Seq, S>(q, p, c10::cuda::getCurrentCUDAStream(like.device().index()).stream());
+    C10_CUDA_CHECK(err);
   }
 };
 
