@@ -669,3 +669,99 @@ def test_layernorm_ops_at_vector_widths_match_cpu(dtype, width):
         err = (cuda[k].double() - exact[k]).abs().max().item()
         base = (cpu[k].double() - exact[k]).abs().max().item()
         assert err <= LOWP_FACTOR * base + slack, f"{k}: CUDA {err:.3g}, CPU op {base:.3g}"
+
+
+# The persistent fused kernel (issue 14; csrc/cuda/persistent.cuh), switched per call through
+# tests/cuda_paths.set_persistent. Shapes of the issue's grid (B <= 64, H <= 1024, I = H), T cut to keep it
+# short; the kernel's plan takes them all (batch <= 128, H % 16 == 0).
+from cuda_paths import NOT_BUILT, set_persistent  # noqa: E402
+
+PERSISTENT_SHAPES = [(1, 256), (16, 768), (64, 1024)]
+PERSISTENT_T = 24
+
+
+def _persistent_kernel_ran(fn) -> bool:
+    """Whether fn() launched one of the persistent kernels (by name, from the profiler's CUDA events)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return any("persist" in e.name for e in prof.events())
+
+
+@pytest.fixture
+def persistent_path():
+    """Runs the test with the persistent path on; restores the default path after."""
+    if set_persistent(True) == NOT_BUILT:
+        set_persistent(False)
+        pytest.skip("this build has no persistent path")
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # float32 takes the persistent path only without TF32
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+    set_persistent(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("B_,H_", PERSISTENT_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_path_error_within_cudnns(persistent_path, cell, B_, H_, dtype):
+    """Forward, final states and every gradient of the persistent path against float64 (the CPU nn.LSTM /
+    nn.GRU on the same rounded weights): at most LOWP_FACTOR x cuDNN's own error in that dtype (+ slack);
+    and the persistent kernel really ran."""
+    ref_cls, cls = (nn.LSTM, FastLSTM) if cell == "lstm" else (nn.GRU, fastlstm.FastGRU)
+    torch.manual_seed(0)
+    ref = ref_cls(H_, H_).to(DEV, dtype)
+    fast = cls(H_, H_).to(DEV, dtype)
+    fast.load_state_dict(ref.state_dict())
+    m64 = copy.deepcopy(ref).to("cpu", torch.float64)
+    g = torch.Generator().manual_seed(1)
+    n_states = 2 if cell == "lstm" else 1
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    x, state = r(PERSISTENT_T, B_, H_), tuple(r(1, B_, H_, scale=0.5) for _ in range(n_states))
+    ups = (r(PERSISTENT_T, B_, H_),) + tuple(r(1, B_, H_) for _ in range(n_states))
+    exact = _wide_run(m64, x.double(), tuple(s.double() for s in state), tuple(u.double() for u in ups),
+                      forward=m64)
+    on_dev = (x.to(DEV), tuple(s.to(DEV) for s in state), tuple(u.to(DEV) for u in ups))
+    ours = _wide_run(fast, *on_dev, forward=fast)
+    assert _persistent_kernel_ran(lambda: _wide_run(fast, *on_dev, forward=fast))
+    theirs = _wide_run(ref, *on_dev, forward=ref)
+    slack = LOWP_SLACK.get(dtype, 1e-5)
+    for k, want in exact.items():
+        e_ours = (ours[k].cpu().double() - want).abs().max().item()
+        e_cudnn = (theirs[k].cpu().double() - want).abs().max().item()
+        record_error(f"persistent {cell} {dtype} vs float64", e_ours, f"{k}, B={B_}, H={H_}")
+        assert e_ours <= LOWP_FACTOR * e_cudnn + slack, f"{k}: persistent {e_ours:.3g}, cuDNN {e_cudnn:.3g}"
+
+
+def test_persistent_path_captured_in_a_cuda_graph(persistent_path):
+    """The persistent launches (cooperative grids) capture and replay like the default path's."""
+    torch.manual_seed(0)
+    m = FastLSTM(256, 256).to(DEV, torch.float16)
+    params = list(m.parameters())
+    static = [torch.randn(s, device=DEV, dtype=torch.float16) for s in ((16, 8, 256), (1, 8, 256), (1, 8, 256))]
+
+    def step():
+        y, (h, c) = m(static[0], (static[1], static[2]))
+        return (y, h, c), torch.autograd.grad((y, h, c), params, (torch.ones_like(y), h * 0 + 1, c * 0 + 1))
+
+    assert _persistent_kernel_ran(step)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_outs, graph_grads = step()
+    for t in static:
+        t.copy_(torch.randn_like(t))
+    graph.replay()
+    eager_outs, eager_grads = step()
+    torch.cuda.synchronize()
+    for a, b in zip(list(graph_outs) + list(graph_grads), list(eager_outs) + list(eager_grads)):
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)

@@ -26,11 +26,14 @@ namespace fastlstm {
 namespace gpu {
 
 // The persistent kernel's side of PersistentSequence (sequence.h): on only with FASTLSTM_CUDA_PERSISTENT=1
-// (read per call, so tests and benchmarks can switch paths), until it has been proven on a GPU.
+// (read per call, so tests and benchmarks can switch paths), until it has been proven on a GPU. Its float32
+// product is strict float32: where cuDNN's RNN flag allows TF32 (see Call below), the per-step path runs, so
+// the precision a user gets follows that flag whichever path is on.
 struct PersistentRunner {
-  static bool enabled() {
+  static bool enabled(const Tensor& input) {
     const char* e = std::getenv("FASTLSTM_CUDA_PERSISTENT");
-    return e != nullptr && std::strcmp(e, "1") == 0;
+    if (e == nullptr || std::strcmp(e, "1") != 0) return false;
+    return !(input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::RNN));
   }
   // The device's limits, read once per device.
   static bool limits(const Tensor& like, int* sms, size_t* smem_max) {

@@ -4,7 +4,7 @@
 // Shared by the CUDA device and the CPU harness, which differ only in the Runner: where the limits come
 // from, whether the path is on, and what runs the steps (the kernel, or persistent.cuh's emulation).
 //
-// Runner: static bool enabled(); static bool limits(const Tensor& like, int* sms, size_t* smem_max);
+// Runner: static bool enabled(const Tensor& input); static bool limits(const Tensor& like, int* sms, size_t* smem_max);
 //         template <class Seq, typename S> static void forward(const SeqForwardArgs<S>&, const PersistentPlan&,
 //         const Tensor& like) and backward(...) likewise.
 #pragma once
@@ -29,7 +29,7 @@ class PersistentSequence {
   // lengths and no projection (both need more than one barrier per step), and the plan fits the device.
   PersistentSequence(const LayerArgs& a, const Dims& d, bool backward) : a_(a), d_(d) {
     if constexpr (!std::is_void_v<Seq>) {
-      if (!Runner::enabled() || defined(a.lengths) || defined(a.w_hr) || d.T == 0 || d.B == 0) return;
+      if (!Runner::enabled(a.input) || defined(a.lengths) || defined(a.w_hr) || d.T == 0 || d.B == 0) return;
       int sms = 0;
       size_t smem = 0;
       if (!Runner::limits(a.input, &sms, &smem)) return;

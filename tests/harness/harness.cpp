@@ -55,7 +55,7 @@ void set_persistent(bool on, int64_t sms, int64_t smem_bytes) {
 int64_t persistent_runs() { return g_persistent_runs; }
 
 struct HarnessRunner {
-  static bool enabled() { return g_persistent; }
+  static bool enabled(const Tensor&) { return g_persistent; }
   static bool limits(const Tensor&, int* sms, size_t* smem_max) {
     *sms = g_sms;
     *smem_max = size_t(g_smem);
