@@ -318,6 +318,7 @@ struct AtenDevice {
   struct Sequence {
     Sequence(const LayerArgs&, const Dims&, bool /*backward*/) {}
     explicit operator bool() const { return false; }
+    int64_t chunk_elems() const { return 0; }  // inference: elements of projected gates per launch
     void forward(const SeqForwardCall<Cell>&) {}
     void backward(const SeqBackwardCall<Cell>&) {}
   };
@@ -475,8 +476,8 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    in float32): memory (and first-touching fresh pages) no longer grows with T, while each GEMM stays
   //    tall enough to run near peak (1 MiB chunks measured slower than one projection at B=32, H=512).
   typename Dev::template Sequence<Cell> seq(a, d, /*backward=*/false);
-  // The whole-sequence path relaunches per chunk (its weights reloaded each time): larger chunks there.
-  const int64_t chunk_elems = int64_t(1) << (seq ? 24 : 21);
+  // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
+  const int64_t chunk_elems = seq ? seq.chunk_elems() : int64_t(1) << 21;
   const int64_t chunk =
       training ? T
                : std::max<int64_t>(1, std::min<int64_t>(T, chunk_elems / std::max<int64_t>(1, B * G)));

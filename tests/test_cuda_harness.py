@@ -235,6 +235,24 @@ PERSISTENT_CELLS = ["lstm", "gru"]
 def persistent(harness):
     yield harness
     harness.set_persistent(False, 132, 227 * 1024)
+    harness.set_persistent_chunk(1 << 24)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_inference_in_several_launches(persistent, nan_fill, cell, reverse):
+    """Inference projects the input a chunk at a time, one launch per chunk: the state (the h ping-pong
+    buffer, the cell-state slots) carries over from launch to launch. T=7 in chunks of 2 steps: 4 launches."""
+    cfg = dict(T=7, B=3, I=4, H=16, reverse=reverse)
+    G = (3 if cell == "gru" else 4) * cfg["H"]
+    persistent.set_persistent(True, 5, 227 * 1024)
+    persistent.set_persistent_chunk(2 * cfg["B"] * G)
+    name, fwd, _ = make_case(cell, cfg, torch.float32)
+    runs = persistent.persistent_runs()
+    got = getattr(persistent, f"{name}_inference")(*fwd)
+    assert persistent.persistent_runs() == runs + 4
+    want = getattr(torch.ops.fastlstm, f"{name}_inference")(*fwd)
+    assert_same(got, want, torch.float32, "inference")
 
 
 @pytest.mark.parametrize("config", list(PERSISTENT_CONFIGS))

@@ -35,6 +35,8 @@ struct PersistentRunner {
     if (e == nullptr || std::strcmp(e, "1") != 0) return false;
     return !(input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::RNN));
   }
+  // 16M elements (32 MiB of half gates) per launch: the weight slices are reloaded once per launch.
+  static int64_t chunk_elems() { return int64_t(1) << 24; }
   // The device's limits, read once per device.
   static bool limits(const Tensor& like, int* sms, size_t* smem_max) {
     struct Limits {

@@ -4,7 +4,8 @@
 // Shared by the CUDA device and the CPU harness, which differ only in the Runner: where the limits come
 // from, whether the path is on, and what runs the steps (the kernel, or persistent.cuh's emulation).
 //
-// Runner: static bool enabled(const Tensor& input); static bool limits(const Tensor& like, int* sms, size_t* smem_max);
+// Runner: static bool enabled(const Tensor& input); static int64_t chunk_elems();
+//         static bool limits(const Tensor& like, int* sms, size_t* smem_max);
 //         template <class Seq, typename S> static void forward(const SeqForwardArgs<S>&, const PersistentPlan&,
 //         const Tensor& like) and backward(...) likewise.
 #pragma once
@@ -40,6 +41,8 @@ class PersistentSequence {
     }
   }
   explicit operator bool() const { return plan_.ok; }
+  // Inference projects the input this many gate elements at a time, one launch per chunk.
+  int64_t chunk_elems() const { return Runner::chunk_elems(); }
 
   void forward(const SeqForwardCall<Cell>& c) {
     if constexpr (!std::is_void_v<Seq>) {

@@ -53,9 +53,16 @@ void set_persistent(bool on, int64_t sms, int64_t smem_bytes) {
   g_smem = smem_bytes;
 }
 int64_t persistent_runs() { return g_persistent_runs; }
+int64_t g_chunk_elems = int64_t(1) << 24;
+// The inference chunk of the persistent path, in gate elements: small ones make a layer take several launches.
+void set_persistent_chunk(int64_t elems) {
+  TORCH_CHECK(elems > 0, "set_persistent_chunk: elems must be positive, got ", elems);
+  g_chunk_elems = elems;
+}
 
 struct HarnessRunner {
   static bool enabled(const Tensor&) { return g_persistent; }
+  static int64_t chunk_elems() { return g_chunk_elems; }
   static bool limits(const Tensor&, int* sms, size_t* smem_max) {
     *sms = g_sms;
     *smem_max = size_t(g_smem);
@@ -107,6 +114,7 @@ TORCH_LIBRARY(fastlstm_harness, m) {
   m.def("last_vec() -> int", &fastlstm::harness::last_vec);
   m.def("set_persistent(bool on, int sms, int smem_bytes) -> ()", &fastlstm::harness::set_persistent);
   m.def("persistent_runs() -> int", &fastlstm::harness::persistent_runs);
+  m.def("set_persistent_chunk(int elems) -> ()", &fastlstm::harness::set_persistent_chunk);
 }
 
 TORCH_LIBRARY_IMPL(fastlstm_harness, CPU, m) { fastlstm::register_cell_ops<fastlstm::harness::HarnessDevice>(m); }
