@@ -212,6 +212,21 @@ def _module_and_data(dtype=torch.float32):
     return m, x, hx, grads
 
 
+def _capture(step):
+    """(graph, step's results inside it): step warmed up on a side stream (as torch.cuda.graph requires), then
+    captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph requires
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res = step()
+    return graph, res
+
+
 def test_cuda_graph_capture_and_replay():
     # Everything forward+backward does must be capturable: no host synchronisation, every launch on the
     # current (capturing) stream. Replays with new inputs must then equal eager runs.
@@ -224,16 +239,7 @@ def test_cuda_graph_capture_and_replay():
         y, (h, c) = m(sx, (sh, sc))
         return (y, h, c), torch.autograd.grad((y, h, c), params, (sgy, sgh, sgc))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph requires
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_outs, graph_grads = step()
+    graph, (graph_outs, graph_grads) = _capture(step)
 
     g = torch.Generator(device=DEV).manual_seed(7)
     for _ in range(2):
@@ -265,15 +271,7 @@ def test_cuda_graph_capture_packed_forward_backward():
         loss = (out.data.square().sum() + h.sum() + 2 * c.sum())
         return (out.data, h, c), torch.autograd.grad(loss, params)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_outs, graph_grads = step()
+    graph, (graph_outs, graph_grads) = _capture(step)
     for _ in range(2):
         for t in (packed.data, h0, c0):
             t.copy_(torch.randn(t.shape, generator=g, device=DEV))
@@ -749,15 +747,7 @@ def test_persistent_path_captured_in_a_cuda_graph(persistent_path):
         return (y, h, c), torch.autograd.grad((y, h, c), params, (torch.ones_like(y), h * 0 + 1, c * 0 + 1))
 
     assert _persistent_kernel_ran(step)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_outs, graph_grads = step()
+    graph, (graph_outs, graph_grads) = _capture(step)
     for t in static:
         t.copy_(torch.randn_like(t))
     graph.replay()

@@ -308,26 +308,35 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 }
 #endif
 
-// The kernels' work on the host, block by block between the grid barriers (the CPU harness).
+// The kernels' work on the host, block by block between the grid barriers (the CPU harness): each block's
+// shared memory lives for the whole launch, as on the GPU.
+class HostGrid {
+ public:
+  explicit HostGrid(const PersistentPlan& p)
+      : smem_(size_t(p.ctas), std::vector<double>(p.smem / sizeof(double) + 1)) {}
+  Cta operator[](int k) { return Cta{0, 1, k, reinterpret_cast<unsigned char*>(smem_[size_t(k)].data())}; }
+
+ private:
+  std::vector<std::vector<double>> smem_;
+};
+
 template <class Seq, typename S>
 void emulate_forward(const SeqForwardArgs<S>& q, const PersistentPlan& p) {
-  std::vector<std::vector<double>> smem(size_t(p.ctas), std::vector<double>(p.smem / sizeof(double) + 1));
-  auto cta = [&](int k) { return Cta{0, 1, k, reinterpret_cast<unsigned char*>(smem[size_t(k)].data())}; };
-  for (int k = 0; k < p.ctas; ++k) load_weights<S>(cta(k), p, q.w_hh, q.H, false);
+  HostGrid grid(p);
+  for (int k = 0; k < p.ctas; ++k) load_weights<S>(grid[k], p, q.w_hh, q.H, false);
   for (int64_t s = q.s0; s < q.s1; ++s) {
-    for (int k = 0; k < p.ctas; ++k) forward_step<Seq, S>(cta(k), p, q, s);
+    for (int k = 0; k < p.ctas; ++k) forward_step<Seq, S>(grid[k], p, q, s);
   }
 }
 
 template <class Seq, typename S>
 void emulate_backward(const SeqBackwardArgs<S>& q, const PersistentPlan& p) {
-  std::vector<std::vector<double>> smem(size_t(p.ctas), std::vector<double>(p.smem / sizeof(double) + 1));
-  auto cta = [&](int k) { return Cta{0, 1, k, reinterpret_cast<unsigned char*>(smem[size_t(k)].data())}; };
-  for (int k = 0; k < p.ctas; ++k) load_weights<S>(cta(k), p, q.w_hh, q.H, true);
+  HostGrid grid(p);
+  for (int k = 0; k < p.ctas; ++k) load_weights<S>(grid[k], p, q.w_hh, q.H, true);
   for (int64_t s = q.T - 1; s >= 0; --s) {
-    for (int k = 0; k < p.ctas; ++k) backward_step<Seq, S>(cta(k), p, q, s);
+    for (int k = 0; k < p.ctas; ++k) backward_step<Seq, S>(grid[k], p, q, s);
   }
-  for (int k = 0; k < p.ctas; ++k) backward_finish<Seq, S>(cta(k), p, q);
+  for (int k = 0; k < p.ctas; ++k) backward_finish<Seq, S>(grid[k], p, q);
 }
 
 }  // namespace persist
