@@ -260,9 +260,11 @@ struct CellBase {
     if (defined(a.b_hh)) return *a.b_hh;
     return Tensor();
   }
-  // After the input projection of steps [t_lo, t_lo + n) into g2d [n*B, G]: nothing, by default.
+  // After the input projection of steps [t_lo, t_lo + n) into g2d [n*B, G] S, or into pre2d [n*B, G] A
+  // where the device accumulates half-type gates in float32 (Dev::kAccGates; g2d is then only the storage
+  // dtype's witness, of any shape): nothing, by default.
   template <class Dev, class SavedT, class ParamsT>
-  static void project_epilogue(const Tensor&, SavedT&, int64_t, int64_t, const ParamsT&) {}
+  static void project_epilogue(const Tensor&, const Tensor&, SavedT&, int64_t, int64_t, const ParamsT&) {}
   // Cell-specific pointers of a whole-sequence launch (cells/sequence.h): none, by default.
   template <class QF, class SavedT, class ParamsT>
   static void seq_forward_extra(QF&, SavedT&, const ParamsT&) {}
@@ -278,7 +280,9 @@ struct CellBase {
 // A whole-sequence launch's operands (the device's Sequence runs the step loop in one kernel).
 template <class Cell>
 struct SeqForwardCall {
-  Tensor gates;            // [s1 - s0, B, G] S: steps [t_lo, t_lo + s1 - s0) projected
+  Tensor gates;            // [s1 - s0, B, G] S: steps [t_lo, t_lo + s1 - s0) projected; with `pre`, the
+                           // activated gates only: [T, B, G] (training) or [1, B, G]
+  Tensor pre;              // [s1 - s0, B, G] A: the projection, with float32 pre-activations; or undefined
   int64_t t_lo, s0, s1;    // steps s0 .. s1 - 1 in processing order
   Tensor output;           // [T, B, H] S
   Tensor cells;            // [T or 2, B, H] A (cells with c): slot t in training, s % 2 in inference
@@ -300,7 +304,20 @@ struct SeqBackwardCall {
 // What a device has unless it says otherwise: the four floating dtypes, the input projection and the
 // recurrent products as plain ATen GEMMs (cuBLAS on CUDA, on the current stream). The CPU device replaces
 // the GEMMs with its GEMV and MKL-packed hooks.
+//
+// kAccGates: for bfloat16/float16 input, keep the gate pre-activations in float32, as cuDNN does: the input
+// projection (with the bias, summed in float32) and the recurrent product are GEMMs with half inputs and a
+// float32 output, the recurrent one accumulated onto the projection in float32, and the passes read those
+// float32 values (one rounding per gate, at the activated value the pass stores, where the half-typed
+// buffer had two or three: the projection, the bias sum, the sum with the recurrent product). Off here
+// (the CPU keeps its half-typed buffer and speed); the CUDA device and the host harness turn it on and
+// supply input_mm_acc and Recurrent::forward_acc. The ones below are the harness's: the half operands
+// upcast to float32 and an ATen float32 GEMM, which is what a float32-accumulating GEMM of half inputs
+// computes up to summation order (a product of two halves is exact in float32).
 struct AtenDevice {
+  static constexpr bool kAccGates = false;
+  // Whether kAccGates applies now: always, but a test device may switch it off to run the CPU's scheme.
+  static bool acc_gates_enabled() { return true; }
   // One op call's scope (a device guard, say): nothing by default.
   struct Call {
     Call(const Tensor&, int64_t) {}
@@ -330,11 +347,30 @@ struct AtenDevice {
       at::mm_out(const_cast<Tensor&>(g2d), x2d, w_ih.t());
     }
   }
+  // pre2d [R, G] A = x2d [R, I] @ w_ih^T (+ bias [G] A), x2d and w_ih half-typed (kAccGates devices).
+  static void input_mm_acc(const Tensor& pre2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
+    const auto acc = pre2d.scalar_type();
+    if (bias.defined()) {
+      at::addmm_out(const_cast<Tensor&>(pre2d), bias, x2d.to(acc), w_ih.to(acc).t());
+    } else {
+      at::mm_out(const_cast<Tensor&>(pre2d), x2d.to(acc), w_ih.to(acc).t());
+    }
+  }
   // The recurrent weight w [N, K] for one op call: out [B, N] (+)= h [B, K] @ w^T forward, out [B, K] (+)=
-  // dg [B, N] @ w backward.
+  // dg [B, N] @ w backward; forward_acc: the forward product of half-typed h and w into a float32 out
+  // (kAccGates devices).
   class Recurrent {
    public:
     Recurrent(const Tensor& w, int64_t, int64_t) : w_(w) {}
+    void forward_acc(const Tensor& out, const Tensor& h, bool accumulate) const {
+      if (!w_acc_.defined()) w_acc_ = w_.to(out.scalar_type());
+      const Tensor ha = h.to(out.scalar_type());
+      if (accumulate) {
+        const_cast<Tensor&>(out).addmm_(ha, w_acc_.t());
+      } else {
+        at::mm_out(const_cast<Tensor&>(out), ha, w_acc_.t());
+      }
+    }
     void forward(const Tensor& out, const Tensor& h, bool accumulate) const {
       if (accumulate) {
         const_cast<Tensor&>(out).addmm_(h, w_.t());
@@ -352,14 +388,34 @@ struct AtenDevice {
 
    private:
     Tensor w_;
+    mutable Tensor w_acc_;  // w in float32, made on the first forward_acc
   };
 };
+
+// Whether this device keeps a dtype's gate pre-activations in float32 (AtenDevice::kAccGates): half types only.
+template <class Dev>
+bool acc_gates_for(at::ScalarType dtype) {
+  return Dev::kAccGates && acc_type(dtype) != dtype && Dev::acc_gates_enabled();
+}
+
+// The recurrent product out (+)= h @ w^T through the device's hooks: its float32-output GEMM when out is
+// float32 and h half-typed (kAccGates devices only), else its GEMM in h's dtype.
+template <class Dev, class Rec>
+void recurrent_forward(const Rec& w, const Tensor& out, const Tensor& h, bool accumulate) {
+  if constexpr (Dev::kAccGates) {
+    if (out.scalar_type() != h.scalar_type()) return w.forward_acc(out, h, accumulate);
+  }
+  w.forward(out, h, accumulate);
+}
 
 // One forward step's operands (slices at step t; undefined where the cell has none).
 template <class Cell>
 struct ForwardStep {
-  Tensor gates;   // [B, G] S: the step's input term (+ the recurrent product unless kSeparateRec)
-  Tensor rec;     // [B, G] S: h_{t-1} W_hh^T (kSeparateRec only)
+  Tensor gates;   // [B, G] S: the step's input term (+ the recurrent product unless kSeparateRec); the
+                  // activated gates out. With `pre`: out only
+  Tensor pre;     // [B, G] A or undefined: with Dev::kAccGates and a half type, what `gates` holds on the
+                  // way in, in float32 (the passes read it there and may use it as scratch)
+  Tensor rec;     // [B, G] S (A with `pre`): h_{t-1} W_hh^T (kSeparateRec only)
   Tensor h_prev;  // [B, P] S
   Tensor c_prev;  // [B, H] A
   Tensor c;       // [B, H] A out
@@ -427,10 +483,14 @@ void prefix_forward_step(ForwardStep<Cell>& st, const Rec& w_hh, const Tensor& r
   if (bt < B) {
     const_cast<Tensor&>(out_t).narrow(0, bt, B - bt).zero_();
     if (Cell::kHasC) const_cast<Tensor&>(c_t).narrow(0, bt, B - bt).copy_(c_state.narrow(0, bt, B - bt));
+    // The saved gates of an inactive row hold its input term, as where the projection is made in place
+    // (never uninitialised memory in an op's output).
+    if (st.pre.defined()) st.gates.narrow(0, bt, B - bt).copy_(st.pre.narrow(0, bt, B - bt));
   }
   if (bt == 0) return;
   auto rows = [&](const Tensor& x) { return (x.defined() && bt < B) ? x.narrow(0, 0, bt) : x; };
   st.gates = rows(st.gates);
+  st.pre = rows(st.pre);
   st.rec = rows(rec);
   st.h_prev = rows(h_state);
   st.c_prev = Cell::kHasC ? rows(c_state) : Tensor();
@@ -439,7 +499,8 @@ void prefix_forward_step(ForwardStep<Cell>& st, const Rec& w_hh, const Tensor& r
   st.h = proj ? rows(hraw) : out_v;
   st.t = t;
   st.s = s;
-  w_hh.forward(Cell::kSeparateRec ? st.rec : st.gates, st.h_prev, /*accumulate=*/!Cell::kSeparateRec);
+  recurrent_forward<Dev>(w_hh, Cell::kSeparateRec ? st.rec : (st.pre.defined() ? st.pre : st.gates), st.h_prev,
+                         /*accumulate=*/!Cell::kSeparateRec);
   Cell::template forward_step<Dev>(st);
   if (proj) at::mm_out(const_cast<Tensor&>(out_v), st.h, w_hr->t());
   rows(h_state).copy_(out_v);
@@ -475,27 +536,43 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    nothing, so it projects `chunk` steps at a time into one reused buffer of at most 2M elements (8 MiB
   //    in float32): memory (and first-touching fresh pages) no longer grows with T, while each GEMM stays
   //    tall enough to run near peak (1 MiB chunks measured slower than one projection at B=32, H=512).
+  //    With float32 pre-activations for a half type (Dev::kAccGates) the projection goes to a float32
+  //    buffer `pre` chunked the same way in training too, and the passes write the activated gates to
+  //    `gates` in S: the [T, B, G] saved gates in training, a one-step scratch in inference.
   typename Dev::template Sequence<Cell> seq(a, d, /*backward=*/false);
+  const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type());
   // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
   const int64_t chunk_elems = seq ? seq.chunk_elems() : int64_t(1) << 21;
-  const int64_t chunk =
-      training ? T
-               : std::max<int64_t>(1, std::min<int64_t>(T, chunk_elems / std::max<int64_t>(1, B * G)));
-  Tensor gates = at::empty({chunk, B, G}, opts);
+  const int64_t chunk = training && !acc_gates ? T
+      : std::max<int64_t>(1, std::min<int64_t>(T, chunk_elems / std::max<int64_t>(1, B * G)));
+  Tensor gates = at::empty({acc_gates ? (training ? T : 1) : chunk, B, G}, opts);
+  Tensor pre = acc_gates ? at::empty({chunk, B, G}, opts.dtype(acc)) : Tensor();
   typename Cell::Saved saved = Cell::Saved::alloc(d, opts, training);
-  const Tensor bias = Cell::input_bias(a, params);
-  auto project = [&](int64_t t_lo, int64_t n) {  // steps [t_lo, t_lo + n) into gates[0, n)
+  // The folded bias is summed in float32 too where the pre-activations are.
+  LayerArgs a_bias = a;
+  if (acc_gates) {
+    if (defined(a.b_ih)) a_bias.b_ih = a.b_ih->to(acc);
+    if (defined(a.b_hh)) a_bias.b_hh = a.b_hh->to(acc);
+  }
+  const Tensor bias = Cell::input_bias(a_bias, params);
+  auto project = [&](int64_t t_lo, int64_t n) {  // steps [t_lo, t_lo + n) into gates[0, n) or pre[0, n)
     if (n * B == 0) return;
     Tensor x2d = a.input.narrow(0, t_lo, n).reshape({n * B, I});
+    if (acc_gates) {
+      Tensor pre2d = pre.narrow(0, 0, n).view({n * B, G});
+      if constexpr (Dev::kAccGates) Dev::input_mm_acc(pre2d, x2d, a.w_ih, bias);
+      Cell::template project_epilogue<Dev>(gates, pre2d, saved, t_lo, n, params);
+      return;
+    }
     Tensor g2d = gates.narrow(0, 0, n).view({n * B, G});
     Dev::input_mm(g2d, x2d, a.w_ih, bias);
-    Cell::template project_epilogue<Dev>(g2d, saved, t_lo, n, params);
+    Cell::template project_epilogue<Dev>(g2d, Tensor(), saved, t_lo, n, params);
   };
 
   Tensor output = at::empty({T, B, P}, opts);
   Tensor cells = Cell::kHasC ? at::empty({training ? T : std::min<int64_t>(T, 2), B, H}, opts.dtype(acc)) : Tensor();
   Tensor hraw = proj ? at::empty({B, H}, opts) : Tensor();
-  Tensor rec = Cell::kSeparateRec ? at::empty({B, G}, opts) : Tensor();
+  Tensor rec = Cell::kSeparateRec ? at::empty({B, G}, acc_gates ? opts.dtype(acc) : opts) : Tensor();
   const std::vector<int64_t> active = prefix_active_rows(a.lengths, T);
   const bool prefix = !active.empty();
   const Tensor mask = defined(a.lengths) && !prefix ? active_mask(a.lengths, T) : Tensor();  // [T, B, 1]
@@ -509,7 +586,7 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
     h_state = a.h0.clone(at::MemoryFormat::Contiguous);
     if (Cell::kHasC) c_state = a.c0.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   }
-  StepSlices gates_at(gates), cells_at(cells), output_at(output);
+  StepSlices gates_at(gates), pre_at(pre), cells_at(cells), output_at(output);
   ForwardStep<Cell> st;
   st.rec = rec;
   st.saved = &saved;
@@ -521,7 +598,7 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
       const int64_t n = std::min(chunk, T - s);
       t_lo = a.reverse ? T - s - n : s;
       project(t_lo, n);
-      seq.forward(SeqForwardCall<Cell>{gates, t_lo, s, s + n, output, cells, h_prev, c_prev, &saved, &params});
+      seq.forward(SeqForwardCall<Cell>{gates, pre, t_lo, s, s + n, output, cells, h_prev, c_prev, &saved, &params});
     }
     if (T > 0) {
       const int64_t last = a.reverse ? 0 : T - 1;
@@ -536,7 +613,12 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
       t_lo = a.reverse ? T - s - n : s;
       project(t_lo, n);
     }
-    st.gates = gates_at[t - t_lo];
+    if (acc_gates) {
+      st.gates = gates_at[training ? t : 0];
+      st.pre = pre_at[t - t_lo];
+    } else {
+      st.gates = gates_at[t - t_lo];
+    }
     Tensor out_t = output_at[t];
     if (prefix) {
       prefix_forward_step<Cell, Dev>(st, w_hh, rec, out_t, h_state, c_state,
@@ -545,7 +627,8 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
       continue;
     }
     // 2. The recurrent product, into the step's slice of the projection or into its own buffer.
-    w_hh.forward(Cell::kSeparateRec ? rec : st.gates, h_prev, /*accumulate=*/!Cell::kSeparateRec);
+    recurrent_forward<Dev>(w_hh, Cell::kSeparateRec ? rec : (acc_gates ? st.pre : st.gates), h_prev,
+                           /*accumulate=*/!Cell::kSeparateRec);
     st.h_prev = h_prev;
     st.c_prev = c_prev;
     st.c = Cell::kHasC ? cells_at[training ? t : s % 2] : Tensor();

@@ -15,6 +15,9 @@ namespace cells {
 //   gh     [B, 3H] S  h_prev W_hh^T (no bias);  b_hn [H] S or null;  h_prev [B, H] S
 //   hn     [B, H]  S  out: W_hn h_prev + b_hn, rounded to S (saved; the cell uses the rounded value, so
 //                     backward sees what forward used);  h [B, H] S out
+//   pre, gh_acc [B, 3H] A or both null: the input pre-activations and h_prev W_hh^T in float32 (passes.h,
+//                     "pre"); gates is then out only, gh unused, and the cell uses hn unrounded (as
+//                     cuDNN does; backward's saved hn differs from it by one rounding)
 struct GruForward {
   static constexpr bool kRowReduce = false;
   template <typename S>
@@ -25,26 +28,37 @@ struct GruForward {
     const S* h_prev;
     S* hn;
     S* h;
-    std::array<const void*, 6> ptrs() const { return {gates, gh, b_hn, h_prev, hn, h}; }
+    const acc_of<S>* pre;
+    const acc_of<S>* gh_acc;
+    std::array<const void*, 8> ptrs() const { return {gates, gh, b_hn, h_prev, hn, h, pre, gh_acc}; }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
     S* g = a.gates + b * 3 * H;
-    const S* gh = a.gh + b * 3 * H;
     const int64_t r0 = b * H;
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      const C bias = a.b_hn != nullptr ? L.load(a.b_hn + j) : C(0);
-      L.store(a.hn + r0 + j, L.load(gh + 2 * H + j) + bias);
-      C r, z, n, h;
-      math::gru::cell_forward<C, Act>(L.load(g + j), L.load(g + H + j), L.load(g + 2 * H + j), L.load(gh + j),
-                                      L.load(gh + H + j), L.load(a.hn + r0 + j), L.load(a.h_prev + r0 + j), r, z,
-                                      n, h);
-      L.store(g + j, r);
-      L.store(g + H + j, z);
-      L.store(g + 2 * H + j, n);
-      L.store(a.h + r0 + j, h);
-    });
+    // x, rh: the input and recurrent pre-activations; rounded (a std::bool_constant): whether the cell
+    // reads hn back from S.
+    auto body = [&](const auto* x, const auto* rh, auto rounded) {
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        const C bias = a.b_hn != nullptr ? L.load(a.b_hn + j) : C(0);
+        const C hn = L.load(rh + 2 * H + j) + bias;
+        L.store(a.hn + r0 + j, hn);
+        C r, z, n, h;
+        math::gru::cell_forward<C, Act>(L.load(x + j), L.load(x + H + j), L.load(x + 2 * H + j), L.load(rh + j),
+                                        L.load(rh + H + j), decltype(rounded)::value ? L.load(a.hn + r0 + j) : hn,
+                                        L.load(a.h_prev + r0 + j), r, z, n, h);
+        L.store(g + j, r);
+        L.store(g + H + j, z);
+        L.store(g + 2 * H + j, n);
+        L.store(a.h + r0 + j, h);
+      });
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + b * 3 * H, a.gh_acc + b * 3 * H, std::false_type{});
+    } else {
+      body(static_cast<const S*>(g), a.gh + b * 3 * H, std::true_type{});
+    }
   }
 };
 
@@ -101,8 +115,8 @@ struct GruSeq {
   FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
                                                                      const S* h_prev, S* h) {
     const int64_t t = q.step(s);
-    return {q.gates + (t - q.t_lo) * q.B * 3 * q.H, q.rec, q.b_hn, h_prev,
-            q.hn + (q.hn_per_step ? t * q.B * q.H : 0), h};
+    return {q.gates_at(s, 3 * q.H), q.rec, q.b_hn, h_prev, q.hn + (q.hn_per_step ? t * q.B * q.H : 0), h,
+            q.pre_at(s, 3 * q.H), q.rec_acc};
   }
   template <typename S>
   FASTLSTM_HOST_DEVICE static typename Bwd::template Args<S> backward(const SeqBackwardArgs<S>& q, int64_t s,

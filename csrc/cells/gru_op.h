@@ -59,10 +59,19 @@ struct GruCell : CellBase {
   static void forward_step(const ForwardStep<GruCell>& s) {
     Saved& sv = *s.saved;
     const Tensor hn = sv.training ? sv.hn_at[s.t] : sv.hn;
+    // With float32 pre-activations (s.pre), the recurrent product s.rec is float32 too.
+    const bool acc = s.pre.defined();
     Dev::template run<cells::GruForward>(s.gates, s.gates.size(0), s.h.size(1), [&](auto tag) {
       using S = typename decltype(tag)::type;
-      return cells::GruForward::Args<S>{ptr<S>(s.gates),           ptr<const S>(s.rec),  ptr_or_null<const S>(s.params->b_hn),
-                                        ptr<const S>(s.h_prev),    ptr<S>(hn),           ptr<S>(s.h)};
+      using A = math::acc_of<S>;
+      return cells::GruForward::Args<S>{ptr<S>(s.gates),
+                                        acc ? nullptr : ptr<const S>(s.rec),
+                                        ptr_or_null<const S>(s.params->b_hn),
+                                        ptr<const S>(s.h_prev),
+                                        ptr<S>(hn),
+                                        ptr<S>(s.h),
+                                        ptr_or_null<const A>(s.pre),
+                                        acc ? ptr<const A>(s.rec) : nullptr};
     });
   }
   template <class Dev>

@@ -32,6 +32,8 @@ FASTLSTM_HOST_DEVICE inline void row_stats(const E& e, const T* x, int64_t n, A 
 //   gates [R, 4H] S  in: x W_ih^T (no bias); out: LN(.; w, b) + bias
 //   norm [R, 4H] S out: the normalised projection (training; null otherwise); stats [R, 4] A: [r, 0] = rstd
 //   (training; null otherwise); w, b [4H] S the layer norm's weight and bias; bias [4H] S (b_ih + b_hh) or null
+//   pre [R, 4H] A or null: in and out instead of gates (float32 pre-activations, passes.h; gates unused);
+//   bias_acc [4H] A or null: the bias summed in float32, instead of bias
 struct LnInputNorm {
   static constexpr bool kRowReduce = true;
   template <typename S>
@@ -41,24 +43,36 @@ struct LnInputNorm {
     acc_of<S>* stats;
     const S *w, *b, *bias;
     acc_of<S> eps;
-    std::array<const void*, 6> ptrs() const { return {gates, norm, stats, w, b, bias}; }
+    acc_of<S>* pre;
+    const acc_of<S>* bias_acc;
+    std::array<const void*, 8> ptrs() const { return {gates, norm, stats, w, b, bias, pre, bias_acc}; }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t r, int64_t H) {
     using A = acc_of<S>;
     const int64_t G = 4 * H;
-    S* g = a.gates + r * G;
-    A mean, rstd;
-    row_stats(e, g, G, a.eps, mean, rstd);
-    e.for_units(G, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      const C n = (L.load(g + j) - C(mean)) * C(rstd);
-      if (a.norm != nullptr) L.store(a.norm + r * G + j, n);
-      C y = n * L.load(a.w + j) + L.load(a.b + j);
-      if (a.bias != nullptr) y = y + L.load(a.bias + j);
-      L.store(g + j, y);
-    });
-    if (a.stats != nullptr) e.once([&] { a.stats[r * 4] = rstd; });
+    auto body = [&](auto* g) {
+      A mean, rstd;
+      row_stats(e, g, G, a.eps, mean, rstd);
+      e.for_units(G, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        const C n = (L.load(g + j) - C(mean)) * C(rstd);
+        if (a.norm != nullptr) L.store(a.norm + r * G + j, n);
+        C y = n * L.load(a.w + j) + L.load(a.b + j);
+        if (a.bias_acc != nullptr) {
+          y = y + L.load(a.bias_acc + j);
+        } else if (a.bias != nullptr) {
+          y = y + L.load(a.bias + j);
+        }
+        L.store(g + j, y);
+      });
+      if (a.stats != nullptr) e.once([&] { a.stats[r * 4] = rstd; });
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + r * G);
+    } else {
+      body(a.gates + r * G);
+    }
   }
 };
 
@@ -67,6 +81,8 @@ struct LnInputNorm {
 //   rec [B, 4H] S  h_{t-1} W_hh^T;  norm [B, 4H] S out or null: its normalised value (training)
 //   w_hh, b_hh [4H] S its layer norm;  c_prev [B, H] A;  c [B, H] A out (before its layer norm)
 //   w_c, b_c [H] S the cell state's layer norm;  h [B, H] S out;  stats [B, 4] A out or null: [1..3]
+//   pre, rec_acc [B, 4H] A or both null: the input term and h_{t-1} W_hh^T in float32 (passes.h, "pre");
+//   gates is then out only, rec unused, and pre keeps the activated o for h (not rounded to S first)
 struct LnForward {
   static constexpr bool kRowReduce = true;
   template <typename S>
@@ -81,48 +97,61 @@ struct LnForward {
     S* h;
     acc_of<S>* stats;
     acc_of<S> eps;
-    std::array<const void*, 11> ptrs() const { return {gates, rec, norm, w_hh, b_hh, c_prev, c, w_c, b_c, h, stats}; }
+    acc_of<S>* pre;
+    const acc_of<S>* rec_acc;
+    std::array<const void*, 13> ptrs() const {
+      return {gates, rec, norm, w_hh, b_hh, c_prev, c, w_c, b_c, h, stats, pre, rec_acc};
+    }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
     using A = acc_of<S>;
     const int64_t G = 4 * H;
     S* g = a.gates + b * G;
-    const S* rec = a.rec + b * G;
     S* nrm = a.norm != nullptr ? a.norm + b * G : nullptr;
     acc_of<S>* c = a.c + b * H;
-    A mh, rh;
-    row_stats(e, rec, G, a.eps, mh, rh);
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      C pre[4];
-      for (int q = 0; q < 4; ++q) {
-        const int64_t k = q * H + j;
-        const C n = (L.load(rec + k) - C(mh)) * C(rh);
-        if (nrm != nullptr) L.store(nrm + k, n);
-        pre[q] = L.load(g + k) + n * L.load(a.w_hh + k) + L.load(a.b_hh + k);
-      }
-      C i, f, gg, cn;
-      math::peephole_forward_c<C, Act>(pre[0], pre[1], pre[2], L.load(a.c_prev + b * H + j), i, f, gg, cn);
-      L.store(g + j, i);
-      L.store(g + H + j, f);
-      L.store(g + 2 * H + j, gg);
-      L.store(g + 3 * H + j, Act::sigmoid(pre[3]));
-      L.store(c + j, cn);
-    });
-    A mc, rc;
-    row_stats(e, c, H, a.eps, mc, rc);
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      const C y = (L.load(c + j) - C(mc)) * C(rc) * L.load(a.w_c + j) + L.load(a.b_c + j);
-      L.store(a.h + b * H + j, L.load(g + 3 * H + j) * Act::tanh(y));
-    });
-    if (a.stats != nullptr) {
-      e.once([&] {
-        a.stats[b * 4 + 1] = rh;
-        a.stats[b * 4 + 2] = mc;
-        a.stats[b * 4 + 3] = rc;
+    // x: the input term in, and where o is kept for h (g itself, or the float32 scratch); rec: h W_hh^T.
+    auto body = [&](auto* x, const auto* rec) {
+      A mh, rh;
+      row_stats(e, rec, G, a.eps, mh, rh);
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        C pre[4];
+        for (int q = 0; q < 4; ++q) {
+          const int64_t k = q * H + j;
+          const C n = (L.load(rec + k) - C(mh)) * C(rh);
+          if (nrm != nullptr) L.store(nrm + k, n);
+          pre[q] = L.load(x + k) + n * L.load(a.w_hh + k) + L.load(a.b_hh + k);
+        }
+        C i, f, gg, cn;
+        math::peephole_forward_c<C, Act>(pre[0], pre[1], pre[2], L.load(a.c_prev + b * H + j), i, f, gg, cn);
+        const C o = Act::sigmoid(pre[3]);
+        L.store(g + j, i);
+        L.store(g + H + j, f);
+        L.store(g + 2 * H + j, gg);
+        L.store(g + 3 * H + j, o);
+        if (static_cast<const void*>(x) != static_cast<const void*>(g)) L.store(x + 3 * H + j, o);
+        L.store(c + j, cn);
       });
+      A mc, rc;
+      row_stats(e, c, H, a.eps, mc, rc);
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        const C y = (L.load(c + j) - C(mc)) * C(rc) * L.load(a.w_c + j) + L.load(a.b_c + j);
+        L.store(a.h + b * H + j, L.load(x + 3 * H + j) * Act::tanh(y));
+      });
+      if (a.stats != nullptr) {
+        e.once([&] {
+          a.stats[b * 4 + 1] = rh;
+          a.stats[b * 4 + 2] = mc;
+          a.stats[b * 4 + 3] = rc;
+        });
+      }
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + b * G, a.rec_acc + b * G);
+    } else {
+      body(g, a.rec + b * G);
     }
   }
 };

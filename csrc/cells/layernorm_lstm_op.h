@@ -18,6 +18,7 @@ struct LayerNormLstmCell : CellBase {
     Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b;  // [4H] x 4, [H] x 2, S contiguous
     Tensor bias;                                                 // b_ih + b_hh [4H], or undefined
     double eps = 1e-5;
+    Tensor bias_acc;  // b_ih + b_hh summed in float32 for float32 pre-activations (Dev::kAccGates), or undefined
   };
   struct Saved {
     Tensor norm_ih, norm_hh, stats;  // [T, B, 4H] S, [T, B, 4H] S, [T, B, 4] A (training only)
@@ -73,17 +74,26 @@ struct LayerNormLstmCell : CellBase {
   // The biases are added after the input term's layer norm, not in the GEMM.
   static Tensor input_bias(const LayerArgs&, const Params&) { return Tensor(); }
 
+  // The input term in place: in g2d [R, 4H] S, or in pre2d [R, 4H] A when defined (g2d then only gives S).
   template <class Dev>
-  static void project_epilogue(const Tensor& g2d, Saved& sv, int64_t t_lo, int64_t n, const Params& p) {
-    const int64_t R = g2d.size(0), H = g2d.size(1) / 4;
+  static void project_epilogue(const Tensor& g2d, const Tensor& pre2d, Saved& sv, int64_t t_lo, int64_t n,
+                               const Params& p) {
+    const Tensor& x = pre2d.defined() ? pre2d : g2d;
+    const int64_t R = x.size(0), H = x.size(1) / 4;
     const Tensor norm = sv.norm_ih.defined() ? sv.norm_ih.narrow(0, t_lo, n) : Tensor();
     const Tensor stats = sv.stats.defined() ? sv.stats.narrow(0, t_lo, n) : Tensor();
     Dev::template run<cells::LnInputNorm>(g2d, R, H, [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;
-      return cells::LnInputNorm::Args<S>{ptr<S>(g2d),          ptr_or_null<S>(norm),         ptr_or_null<A>(stats),
-                                         ptr<const S>(p.ln_ih_w), ptr<const S>(p.ln_ih_b), ptr_or_null<const S>(p.bias),
-                                         A(p.eps)};
+      return cells::LnInputNorm::Args<S>{pre2d.defined() ? nullptr : ptr<S>(g2d),
+                                         ptr_or_null<S>(norm),
+                                         ptr_or_null<A>(stats),
+                                         ptr<const S>(p.ln_ih_w),
+                                         ptr<const S>(p.ln_ih_b),
+                                         ptr_or_null<const S>(p.bias),
+                                         A(p.eps),
+                                         ptr_or_null<A>(pre2d),
+                                         pre2d.defined() ? ptr_or_null<const A>(p.bias_acc) : nullptr};
     });
   }
 
@@ -93,13 +103,25 @@ struct LayerNormLstmCell : CellBase {
     Saved& sv = *s.saved;
     const Tensor norm = sv.norm_hh.defined() ? sv.norm_hh_at[s.t] : Tensor();
     const Tensor stats = sv.stats.defined() ? sv.stats_at[s.t] : Tensor();
+    // With float32 pre-activations (s.pre), the recurrent product s.rec is float32 too.
+    const bool acc = s.pre.defined();
     Dev::template run<cells::LnForward>(s.gates, s.gates.size(0), s.c.size(1), [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;
-      return cells::LnForward::Args<S>{ptr<S>(s.gates),      ptr<const S>(s.rec),      ptr_or_null<S>(norm),
-                                       ptr<const S>(p.ln_hh_w), ptr<const S>(p.ln_hh_b), ptr<const A>(s.c_prev),
-                                       ptr<A>(s.c),          ptr<const S>(p.ln_c_w),   ptr<const S>(p.ln_c_b),
-                                       ptr<S>(s.h),          ptr_or_null<A>(stats),    A(p.eps)};
+      return cells::LnForward::Args<S>{ptr<S>(s.gates),
+                                       acc ? nullptr : ptr<const S>(s.rec),
+                                       ptr_or_null<S>(norm),
+                                       ptr<const S>(p.ln_hh_w),
+                                       ptr<const S>(p.ln_hh_b),
+                                       ptr<const A>(s.c_prev),
+                                       ptr<A>(s.c),
+                                       ptr<const S>(p.ln_c_w),
+                                       ptr<const S>(p.ln_c_b),
+                                       ptr<S>(s.h),
+                                       ptr_or_null<A>(stats),
+                                       A(p.eps),
+                                       ptr_or_null<A>(s.pre),
+                                       acc ? ptr<const A>(s.rec) : nullptr};
     });
   }
 
@@ -157,8 +179,16 @@ struct LayerNormLstmOps {
     const Check chk(op, input);
     const LayerArgs a = args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
     const Dims d = check_layer<LayerNormLstmCell>(chk, a);
-    return layer_forward<LayerNormLstmCell, Dev>(
-        chk, a, LayerNormLstmCell::make_params(chk, a, ih_w, ih_b, hh_w, hh_b, c_w, c_b, eps, d.H), training);
+    auto p = LayerNormLstmCell::make_params(chk, a, ih_w, ih_b, hh_w, hh_b, c_w, c_b, eps, d.H);
+    const auto acc = acc_type(input.scalar_type());
+    if (acc_gates_for<Dev>(input.scalar_type())) {
+      // Where the pre-activations are float32, so is the bias sum (as layer_forward does for the other cells).
+      LayerArgs af = a;
+      if (defined(a.b_ih)) af.b_ih = a.b_ih->to(acc);
+      if (defined(a.b_hh)) af.b_hh = a.b_hh->to(acc);
+      p.bias_acc = CellBase::input_bias(af, 0);
+    }
+    return layer_forward<LayerNormLstmCell, Dev>(chk, a, p, training);
   }
   // -> (output [T,B,H], h_n, c_n [B,H], gates [T,B,4H], cells [T,B,H] A, norm_ih, norm_hh [T,B,4H], stats [T,B,4] A)
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward(

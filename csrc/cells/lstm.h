@@ -12,6 +12,7 @@ namespace cells {
 //   gates  [B, 4H] S  in: pre-activations (x W_ih^T + b_ih + b_hh + h W_hh^T); out: activated i, f, g, o
 //   c_prev [B, H]  A  the previous cell state;  c [B, H] A out: the new one
 //   h      [B, H]  S  out: the new (unprojected) hidden state o * tanh(c)
+//   pre    [B, 4H] A  or null: the pre-activations in float32 (passes.h, "pre"); gates is then out only
 struct LstmForward {
   static constexpr bool kRowReduce = false;
   template <typename S>
@@ -20,7 +21,8 @@ struct LstmForward {
     const acc_of<S>* c_prev;
     acc_of<S>* c;
     S* h;
-    std::array<const void*, 4> ptrs() const { return {gates, c_prev, c, h}; }
+    const acc_of<S>* pre;
+    std::array<const void*, 5> ptrs() const { return {gates, c_prev, c, h, pre}; }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
@@ -28,18 +30,25 @@ struct LstmForward {
     const acc_of<S>* cp = a.c_prev + b * H;
     acc_of<S>* c = a.c + b * H;
     S* h = a.h + b * H;
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      C i, f, gg, o, cn, hn;
-      math::cell_forward<C, Act>(L.load(g + j), L.load(g + H + j), L.load(g + 2 * H + j), L.load(g + 3 * H + j),
-                                 L.load(cp + j), i, f, gg, o, cn, hn);
-      L.store(g + j, i);
-      L.store(g + H + j, f);
-      L.store(g + 2 * H + j, gg);
-      L.store(g + 3 * H + j, o);
-      L.store(c + j, cn);
-      L.store(h + j, hn);
-    });
+    auto body = [&](const auto* x) {
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        C i, f, gg, o, cn, hn;
+        math::cell_forward<C, Act>(L.load(x + j), L.load(x + H + j), L.load(x + 2 * H + j), L.load(x + 3 * H + j),
+                                   L.load(cp + j), i, f, gg, o, cn, hn);
+        L.store(g + j, i);
+        L.store(g + H + j, f);
+        L.store(g + 2 * H + j, gg);
+        L.store(g + 3 * H + j, o);
+        L.store(c + j, cn);
+        L.store(h + j, hn);
+      });
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + b * 4 * H);
+    } else {
+      body(static_cast<const S*>(g));
+    }
   }
 };
 
@@ -94,7 +103,7 @@ struct LstmSeq {
   template <typename S>
   FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
                                                                      const S*, S* h) {
-    return {q.gates + (q.step(s) - q.t_lo) * q.B * 4 * q.H, q.cell_before(s), q.cell_at(s), h};
+    return {q.gates_at(s, 4 * q.H), q.cell_before(s), q.cell_at(s), h, q.pre_at(s, 4 * q.H)};
   }
   // dc_next [B, H]: the gradient reaching c_t from the step after; dg [B, 4H] out (the dgates);
   // dc_prev [B, H] out.

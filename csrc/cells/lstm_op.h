@@ -18,7 +18,8 @@ struct LstmCell : CellBase {
     Dev::template run<cells::LstmForward>(s.gates, s.gates.size(0), s.c.size(1), [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;
-      return cells::LstmForward::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c_prev), ptr<A>(s.c), ptr<S>(s.h)};
+      return cells::LstmForward::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c_prev), ptr<A>(s.c), ptr<S>(s.h),
+                                         ptr_or_null<const A>(s.pre)};
     });
   }
   template <class Dev>

@@ -15,6 +15,11 @@
 // lane being a pack of VEC units of one thread; the harness runs the CUDA executor's code on the host. So
 // the cell's math, its indexing and its dtype handling are the same code everywhere.
 //
+// pre: a forward pass's optional A-typed input, the gate pre-activations in float32 where the device keeps
+// them so for half types (layer.h, AtenDevice::kAccGates). Null: the pass reads its storage-typed gates
+// in place, as before. Either way it writes the activated gates to the storage-typed buffer (what backward
+// reads). A pass dispatches on it once per row, so the unit loops stay branch-free.
+//
 // kRowReduce: the pass sums over a row (layer norm), so a CUDA block must own the whole row.
 // ptrs(): every pointer of the block, for the CUDA launch plan's alignment check (null ones are skipped).
 #pragma once

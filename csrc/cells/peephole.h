@@ -1,7 +1,8 @@
 // The peephole-LSTM cell's fused passes, framework-free: see passes.h, and math.h ("Peephole LSTM") for the
 // cell and why the full mode splits a step into two halves around GEMMs on the cell state.
 // Rows of [B, 4H] gates (i, f, g, o) in S; cell states and their gradients [B, H] in A; h and dh [B, H] in S;
-// diagonal peephole weights p_i, p_f, p_o [H] in A.
+// diagonal peephole weights p_i, p_f, p_o [H] in A. The forward passes' optional `pre` [B, 4H] A holds the
+// pre-activations in float32 instead of gates (passes.h, "pre"); gates is then out only.
 #pragma once
 
 #include "passes.h"
@@ -19,25 +20,33 @@ struct PeepholeForwardDiag {
     const acc_of<S>*p_i, *p_f, *p_o;
     acc_of<S>* c;
     S* h;
-    std::array<const void*, 7> ptrs() const { return {gates, c_prev, p_i, p_f, p_o, c, h}; }
+    const acc_of<S>* pre;
+    std::array<const void*, 8> ptrs() const { return {gates, c_prev, p_i, p_f, p_o, c, h, pre}; }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
     S* g = a.gates + b * 4 * H;
     const int64_t r = b * H;
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      C i, f, gg, o, cn, hn;
-      math::peephole_cell_forward<C, Act>(L.load(g + j), L.load(g + H + j), L.load(g + 2 * H + j),
-                                          L.load(g + 3 * H + j), L.load(a.c_prev + r + j), L.load(a.p_i + j),
-                                          L.load(a.p_f + j), L.load(a.p_o + j), i, f, gg, o, cn, hn);
-      L.store(g + j, i);
-      L.store(g + H + j, f);
-      L.store(g + 2 * H + j, gg);
-      L.store(g + 3 * H + j, o);
-      L.store(a.c + r + j, cn);
-      L.store(a.h + r + j, hn);
-    });
+    auto body = [&](const auto* x) {
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        C i, f, gg, o, cn, hn;
+        math::peephole_cell_forward<C, Act>(L.load(x + j), L.load(x + H + j), L.load(x + 2 * H + j),
+                                            L.load(x + 3 * H + j), L.load(a.c_prev + r + j), L.load(a.p_i + j),
+                                            L.load(a.p_f + j), L.load(a.p_o + j), i, f, gg, o, cn, hn);
+        L.store(g + j, i);
+        L.store(g + H + j, f);
+        L.store(g + 2 * H + j, gg);
+        L.store(g + 3 * H + j, o);
+        L.store(a.c + r + j, cn);
+        L.store(a.h + r + j, hn);
+      });
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + b * 4 * H);
+    } else {
+      body(static_cast<const S*>(g));
+    }
   }
 };
 
@@ -49,22 +58,30 @@ struct PeepholeForwardC {
     S* gates;
     const acc_of<S>* c_prev;
     acc_of<S>* c;
-    std::array<const void*, 3> ptrs() const { return {gates, c_prev, c}; }
+    const acc_of<S>* pre;
+    std::array<const void*, 4> ptrs() const { return {gates, c_prev, c, pre}; }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
     S* g = a.gates + b * 4 * H;
     const int64_t r = b * H;
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      C i, f, gg, cn;
-      math::peephole_forward_c<C, Act>(L.load(g + j), L.load(g + H + j), L.load(g + 2 * H + j),
-                                       L.load(a.c_prev + r + j), i, f, gg, cn);
-      L.store(g + j, i);
-      L.store(g + H + j, f);
-      L.store(g + 2 * H + j, gg);
-      L.store(a.c + r + j, cn);
-    });
+    auto body = [&](const auto* x) {
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        C i, f, gg, cn;
+        math::peephole_forward_c<C, Act>(L.load(x + j), L.load(x + H + j), L.load(x + 2 * H + j),
+                                         L.load(a.c_prev + r + j), i, f, gg, cn);
+        L.store(g + j, i);
+        L.store(g + H + j, f);
+        L.store(g + 2 * H + j, gg);
+        L.store(a.c + r + j, cn);
+      });
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + b * 4 * H);
+    } else {
+      body(static_cast<const S*>(g));
+    }
   }
 };
 
@@ -76,19 +93,27 @@ struct PeepholeForwardH {
     S* gates;
     const acc_of<S>* c;
     S* h;
-    std::array<const void*, 3> ptrs() const { return {gates, c, h}; }
+    const acc_of<S>* pre;
+    std::array<const void*, 4> ptrs() const { return {gates, c, h, pre}; }
   };
   template <typename S, class E>
   FASTLSTM_HOST_DEVICE static void row(const E& e, const Args<S>& a, int64_t b, int64_t H) {
     S* go = a.gates + b * 4 * H + 3 * H;
     const int64_t r = b * H;
-    e.for_units(H, [&](int64_t j, auto L) {
-      FASTLSTM_LANE(L);
-      C o, hn;
-      math::peephole_forward_h<C, Act>(L.load(go + j), L.load(a.c + r + j), o, hn);
-      L.store(go + j, o);
-      L.store(a.h + r + j, hn);
-    });
+    auto body = [&](const auto* xo) {
+      e.for_units(H, [&](int64_t j, auto L) {
+        FASTLSTM_LANE(L);
+        C o, hn;
+        math::peephole_forward_h<C, Act>(L.load(xo + j), L.load(a.c + r + j), o, hn);
+        L.store(go + j, o);
+        L.store(a.h + r + j, hn);
+      });
+    };
+    if (a.pre != nullptr) {
+      body(a.pre + b * 4 * H + 3 * H);
+    } else {
+      body(static_cast<const S*>(go));
+    }
   }
 };
 

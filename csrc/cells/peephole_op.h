@@ -59,22 +59,27 @@ struct PeepholeCell : CellBase {
       Dev::template run<cells::PeepholeForwardDiag>(s.gates, B, H, [&](auto tag) {
         using S = typename decltype(tag)::type;
         using A = math::acc_of<S>;
-        return cells::PeepholeForwardDiag::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c_prev), ptr<const A>(p.p_i),
-                                                   ptr<const A>(p.p_f), ptr<const A>(p.p_o), ptr<A>(s.c), ptr<S>(s.h)};
+        return cells::PeepholeForwardDiag::Args<S>{ptr<S>(s.gates),     ptr<const A>(s.c_prev), ptr<const A>(p.p_i),
+                                                   ptr<const A>(p.p_f), ptr<const A>(p.p_o),    ptr<A>(s.c),
+                                                   ptr<S>(s.h),         ptr_or_null<const A>(s.pre)};
       });
       return;
     }
-    addmm_into(s.gates.narrow(1, 0, 2 * H), s.c_prev, p.w_cif.t());
+    // The peephole products join the pre-activations where they are: in float32 with s.pre.
+    const Tensor& x = s.pre.defined() ? s.pre : s.gates;
+    addmm_into(x.narrow(1, 0, 2 * H), s.c_prev, p.w_cif.t());
     Dev::template run<cells::PeepholeForwardC>(s.gates, B, H, [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;
-      return cells::PeepholeForwardC::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c_prev), ptr<A>(s.c)};
+      return cells::PeepholeForwardC::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c_prev), ptr<A>(s.c),
+                                              ptr_or_null<const A>(s.pre)};
     });
-    addmm_into(s.gates.narrow(1, 3 * H, H), s.c, p.w_co_acc.t());
+    addmm_into(x.narrow(1, 3 * H, H), s.c, p.w_co_acc.t());
     Dev::template run<cells::PeepholeForwardH>(s.gates, B, H, [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;
-      return cells::PeepholeForwardH::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c), ptr<S>(s.h)};
+      return cells::PeepholeForwardH::Args<S>{ptr<S>(s.gates), ptr<const A>(s.c), ptr<S>(s.h),
+                                              ptr_or_null<const A>(s.pre)};
     });
   }
 

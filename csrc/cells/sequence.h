@@ -19,9 +19,14 @@ template <typename S>
 struct SeqForwardArgs {
   using A = acc_of<S>;
   const S* w_hh;       // [G, H]
-  S* gates;            // [s1 - s0, B, G]: steps [t_lo, t_lo + s1 - s0) projected (x W_ih^T + folded bias)
-  int64_t t_lo;        // the first step held in `gates`
+  S* gates;            // [s1 - s0, B, G]: steps [t_lo, t_lo + s1 - s0) projected (x W_ih^T + folded bias);
+                       // with `pre`: the activated gates only, [gate_slots, B, G]
+  int64_t t_lo;        // the first step held in `gates` (or `pre`)
+  acc_of<S>* pre;      // [s1 - s0, B, G] A or null: float32 pre-activations (half types on CUDA): the
+                       // projection is here, the recurrent product is added here, the passes read it
+  int64_t gate_slots;  // with pre: T (training: step t in slot t) or 1 (inference: one scratch slot)
   S* rec;              // [B, G] scratch: h_{t-1} W_hh^T (cells whose pass takes it as a separate operand)
+  acc_of<S>* rec_acc;  // [B, G] A scratch: the same in float32, with pre
   S* hbuf;             // [2, Mpad, H]: hbuf[s % 2] holds the state step s starts from; rows >= B stay zero
   S* out;              // [T, B, H] the layer's output
   A* cells;            // [cell_slots, B, H]: step t's cell state in slot t (cell_slots == T) or s % 2 (2)
@@ -35,6 +40,14 @@ struct SeqForwardArgs {
   bool reverse;
 
   FASTLSTM_HOST_DEVICE int64_t step(int64_t s) const { return reverse ? T - 1 - s : s; }
+  // Step s's gates [B, G] (G = gates * H) and, with pre, its float32 pre-activations (else null).
+  FASTLSTM_HOST_DEVICE S* gates_at(int64_t s, int64_t G) const {
+    const int64_t slot = pre == nullptr ? step(s) - t_lo : (gate_slots == T ? step(s) : 0);
+    return gates + slot * B * G;
+  }
+  FASTLSTM_HOST_DEVICE A* pre_at(int64_t s, int64_t G) const {
+    return pre == nullptr ? nullptr : pre + (step(s) - t_lo) * B * G;
+  }
   FASTLSTM_HOST_DEVICE A* cell_at(int64_t s) const {
     return cells + (cell_slots == T ? step(s) : s % 2) * B * H;
   }

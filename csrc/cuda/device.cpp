@@ -1,16 +1,21 @@
 // The CUDA device of the layer driver (csrc/layer.h): the thin adapter between ATen and the framework-free
 // kernels (launch.h, kernels.cu). The driver runs the GEMMs through ATen (cuBLAS, on the current stream) and
-// the step loop; this file supplies how a pass is launched, the device guard, the current stream and the
-// dtype mapping. Nothing here synchronises the host, so forward and backward can be captured in a CUDA
-// graph. Registers every cell's ops for CUDA.
+// the step loop; this file supplies how a pass is launched, the device guard, the current stream, the
+// dtype mapping, and for half types the GEMMs with a float32 output that keep the gate pre-activations in
+// float32 (cublasGemmEx on ATen's cuBLAS handle, bound to the current stream). Nothing here synchronises
+// the host, so forward and backward can be captured in a CUDA graph. Registers every cell's ops for CUDA.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -24,6 +29,43 @@
 
 namespace fastlstm {
 namespace gpu {
+namespace {
+
+// A 2-D tensor as cuBLAS's row-major operand: itself when its rows are dense (unit column stride, row
+// stride >= its width), else a contiguous copy.
+Tensor rows_dense(const Tensor& t) {
+  const bool ok = t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(1, t.size(1));
+  return ok ? t : t.contiguous();
+}
+
+// out [M, N] float32 (=, or += with accumulate) a [M, K] @ w [N, K]^T, a and w float16 or bfloat16 (the
+// same): float32 products and sums (CUBLAS_COMPUTE_32F), as cuDNN computes its RNN's pre-activations.
+// Row-major out = a w^T is column-major out^T = w a^T: cuBLAS's (op T on w, op N on a).
+void gemm_acc(const Tensor& out, const Tensor& a_in, const Tensor& w_in, bool accumulate) {
+  const int64_t M = out.size(0), N = out.size(1), K = a_in.size(1);
+  TORCH_INTERNAL_ASSERT(out.scalar_type() == at::kFloat && out.stride(1) == 1 && out.stride(0) >= N &&
+                        a_in.size(0) == M && w_in.size(0) == N && w_in.size(1) == K &&
+                        a_in.scalar_type() == w_in.scalar_type());
+  if (M == 0 || N == 0) return;
+  // cuBLAS takes int sizes; the driver's chunks keep M * N under 2^21.
+  TORCH_CHECK(std::max({M, N, K, out.stride(0)}) <= INT_MAX, "fastlstm: a float32-output GEMM of [", M, ", ", K,
+              "] x [", K, ", ", N, "] is too large for cuBLAS");
+  if (K == 0) {
+    if (!accumulate) const_cast<Tensor&>(out).zero_();
+    return;
+  }
+  const Tensor a = rows_dense(a_in), w = rows_dense(w_in);
+  TORCH_CHECK(std::max(a.stride(0), w.stride(0)) <= INT_MAX, "fastlstm: a GEMM operand's rows are too long for cuBLAS");
+  const cudaDataType_t type = a.scalar_type() == at::kHalf ? CUDA_R_16F : CUDA_R_16BF;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // on the current stream
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w.data_ptr(),
+                                    type, int(w.stride(0)), a.data_ptr(), type, int(a.stride(0)), &beta,
+                                    out.data_ptr(), CUDA_R_32F, int(out.stride(0)), CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace
 
 // The persistent kernel's side of PersistentSequence (sequence.h): on only with FASTLSTM_CUDA_PERSISTENT=1
 // (read per call, so tests and benchmarks can switch paths), until it has been proven on a GPU. Its float32
@@ -73,10 +115,28 @@ struct PersistentRunner {
   }
 };
 
-// The dtype check, the input projection and the recurrent GEMMs are AtenDevice's (cuBLAS, current stream).
+// The dtype check and the GEMMs in the storage dtype are AtenDevice's (cuBLAS, current stream); for half
+// types the gate pre-activations are float32 (kAccGates, layer.h), from the float32-output GEMMs here.
 struct CudaDevice : AtenDevice {
+  static constexpr bool kAccGates = true;
   template <class Cell>
   using Sequence = PersistentSequence<Cell, PersistentRunner>;
+
+  // pre2d [R, G] float32 = x2d [R, I] @ w_ih^T (+ bias [G] float32), x2d and w_ih half-typed.
+  static void input_mm_acc(const Tensor& pre2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
+    if (bias.defined()) const_cast<Tensor&>(pre2d).copy_(bias.expand_as(pre2d));
+    gemm_acc(pre2d, x2d, w_ih, /*accumulate=*/bias.defined());
+  }
+
+  // AtenDevice's, plus the forward product of half-typed h and w into a float32 out.
+  class Recurrent : public AtenDevice::Recurrent {
+   public:
+    Recurrent(const Tensor& w, int64_t B, int64_t T) : AtenDevice::Recurrent(w, B, T), w_(w) {}
+    void forward_acc(const Tensor& out, const Tensor& h, bool accumulate) const { gemm_acc(out, h, w_, accumulate); }
+
+   private:
+    Tensor w_;
+  };
 
   // One op call's scope: the input's device, and float32 GEMMs that follow cuDNN's RNN TF32 setting
   // (torch.backends.cudnn.allow_tf32 / cudnn.rnn.fp32_precision, on by default), the one nn.LSTM's cuDNN

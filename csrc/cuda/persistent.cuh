@@ -200,14 +200,23 @@ FASTLSTM_HOST_DEVICE void forward_step(const Cta& c, const PersistentPlan& p, co
   S* h_next = q.hbuf + ((s + 1) % 2) * p.rows * H;
   product<S>(c, p, h_prev, H);
   const A* acc = accumulators<S>(c, p);
-  S* g = q.gates + (t - q.t_lo) * B * G;
+  // The product into the step's pre-activations: float32 ones where the layer keeps them (half types on
+  // CUDA), else the storage-typed projection (rounded once, as the per-step path's addmm does).
+  S* g = q.gates_at(s, G);
+  A* pre = q.pre_at(s, G);
   for (int64_t i = c.tid; i < B * p.n; i += c.nthreads) {
     const int64_t b = i / p.n, n = i % p.n, gate = n / p.units, u = n % p.units;
     if (u >= uc) continue;
     const int64_t idx = b * G + gate * H + lo + u;
     const A v = acc[b * p.npad + n];
     if constexpr (Seq::kSeparateRec) {
-      q.rec[idx] = from_acc<S>(v);
+      if (pre != nullptr) {
+        q.rec_acc[idx] = v;
+      } else {
+        q.rec[idx] = from_acc<S>(v);
+      }
+    } else if (pre != nullptr) {
+      pre[idx] += v;
     } else {
       g[idx] = from_acc<S>(to_acc(g[idx]) + v);
     }

@@ -52,7 +52,7 @@ class PersistentSequence {
         // hbuf[0] holds h0 for the first launch; later launches find the state where the last one left it.
         hbuf_ = at::zeros({2, plan_.rows, H}, opts);
         hbuf_[0].narrow(0, 0, B).copy_(c.h0);
-        if (Seq::kSeparateRec) rec_ = at::empty({B, G}, opts);
+        if (Seq::kSeparateRec) rec_ = at::empty({B, G}, c.pre.defined() ? opts.dtype(c.pre.scalar_type()) : opts);
       }
       dispatch_storage(a_.input.scalar_type(), "fastlstm", [&](auto tag) {
         using S = typename decltype(tag)::type;
@@ -61,7 +61,10 @@ class PersistentSequence {
         q.w_hh = data_as<const S>(w_hh_);
         q.gates = data_as<S>(c.gates);
         q.t_lo = c.t_lo;
-        q.rec = rec_.defined() ? data_as<S>(rec_) : nullptr;
+        q.pre = c.pre.defined() ? data_as<A>(c.pre) : nullptr;
+        q.gate_slots = c.gates.size(0);
+        q.rec = rec_.defined() && !c.pre.defined() ? data_as<S>(rec_) : nullptr;
+        q.rec_acc = rec_.defined() && c.pre.defined() ? data_as<A>(rec_) : nullptr;
         q.hbuf = data_as<S>(hbuf_);
         q.out = data_as<S>(c.output);
         q.cells = c.cells.defined() ? data_as<A>(c.cells) : nullptr;

@@ -9,7 +9,9 @@
 // Built by the test with torch.utils.cpp_extension.load (g++, -DFASTLSTM_HARNESS, the CUDA include dir).
 // set_plan(max_vec, launcher_min_blocks): the widest vector the plan may pick (1 forces the scalar
 // kernels) and whether it also applies the launcher's minimum block count (by default it does not, so that
-// small test shapes exercise the vector code); last_vec(): the width the last launch used.
+// small test shapes exercise the vector code); last_vec(): the width the last launch used;
+// set_acc_gates(on): float32 gate pre-activations for half types, as on CUDA (on, the default), or the
+// half-typed ones of the CPU ops (off: the same computation as the CPU op, for exact comparison).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -27,6 +29,7 @@ namespace {
 int g_max_vec = 16;
 int64_t g_min_blocks = 0;
 int64_t g_last_vec = 0;
+bool g_acc_gates = true;
 
 void set_plan(int64_t max_vec, bool launcher_min_blocks) {
   TORCH_CHECK(max_vec == 1 || max_vec == 2 || max_vec == 4 || max_vec == 8 || max_vec == 16,
@@ -80,10 +83,16 @@ struct HarnessRunner {
   }
 };
 
-// The GEMMs are AtenDevice's, on the CPU; only the passes run the CUDA way.
+void set_acc_gates(bool on) { g_acc_gates = on; }
+
+// The GEMMs are AtenDevice's, on the CPU; only the passes run the CUDA way. Half-type gate pre-activations
+// are float32 as on the CUDA device (kAccGates): AtenDevice's float32-output GEMMs stand in for cuBLAS's.
 struct HarnessDevice : AtenDevice {
+  static constexpr bool kAccGates = true;
   template <class Cell>
   using Sequence = gpu::PersistentSequence<Cell, HarnessRunner>;
+  static bool acc_gates_enabled() { return g_acc_gates; }
+
   // Every block of the grid the launcher would launch, in turn.
   template <class Pass, class Make>
   static void run(const Tensor& like, int64_t rows, int64_t H, const Make& make) {
@@ -115,6 +124,7 @@ TORCH_LIBRARY(fastlstm_harness, m) {
   m.def("set_persistent(bool on, int sms, int smem_bytes) -> ()", &fastlstm::harness::set_persistent);
   m.def("persistent_runs() -> int", &fastlstm::harness::persistent_runs);
   m.def("set_persistent_chunk(int elems) -> ()", &fastlstm::harness::set_persistent_chunk);
+  m.def("set_acc_gates(bool on) -> ()", &fastlstm::harness::set_acc_gates);
 }
 
 TORCH_LIBRARY_IMPL(fastlstm_harness, CPU, m) { fastlstm::register_cell_ops<fastlstm::harness::HarnessDevice>(m); }
