@@ -265,11 +265,16 @@ struct CellBase {
   // dtype's witness, of any shape): nothing, by default.
   template <class Dev, class SavedT, class ParamsT>
   static void project_epilogue(const Tensor&, const Tensor&, SavedT&, int64_t, int64_t, const ParamsT&) {}
-  // Cell-specific pointers of a whole-sequence launch (cells/sequence.h): none, by default.
+  // Whether a whole-sequence launch (cells/sequence.h, Seq) can run this layer's parameters: yes, by default.
+  template <class ParamsT>
+  static bool seq_ok(const ParamsT&) {
+    return true;
+  }
+  // Cell-specific pointers of a whole-sequence launch: none, by default.
   template <class QF, class SavedT, class ParamsT>
   static void seq_forward_extra(QF&, SavedT&, const ParamsT&) {}
-  template <class QB, class SavedInT>
-  static void seq_backward_extra(QB&, const SavedInT&) {}
+  template <class QB, class SavedInT, class ParamsT>
+  static void seq_backward_extra(QB&, const SavedInT&, const ParamsT&) {}
   // The gradient of the projection x W_ih^T from that of the gates' input term dgx [T, B, G]: the same.
   template <class Dev, class SavedT, class GradsT, class ParamsT>
   static Tensor input_term_grad(const Tensor& dgx, const SavedT&, GradsT&, const ParamsT&) {
@@ -299,6 +304,7 @@ struct SeqBackwardCall {
   Tensor dgx, dgh;          // [T, B, G] S out (the same tensor unless the cell has a separate recurrent operand)
   Tensor grad_h0, grad_c0;  // [B, H] S out, [B, H] A out
   const typename Cell::SavedIn* saved;
+  const typename Cell::Params* params;
 };
 
 // What a device has unless it says otherwise: the four floating dtypes, the input projection and the
@@ -333,7 +339,7 @@ struct AtenDevice {
   // one layer call, false where the device has none or the layer does not fit it; the step loop runs then.
   template <class Cell>
   struct Sequence {
-    Sequence(const LayerArgs&, const Dims&, bool /*backward*/) {}
+    Sequence(const LayerArgs&, const Dims&, const typename Cell::Params&, bool /*backward*/) {}
     explicit operator bool() const { return false; }
     int64_t chunk_elems() const { return 0; }  // inference: elements of projected gates per launch
     void forward(const SeqForwardCall<Cell>&) {}
@@ -539,7 +545,7 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    With float32 pre-activations for a half type (Dev::kAccGates) the projection goes to a float32
   //    buffer `pre` chunked the same way in training too, and the passes write the activated gates to
   //    `gates` in S: the [T, B, G] saved gates in training, a one-step scratch in inference.
-  typename Dev::template Sequence<Cell> seq(a, d, /*backward=*/false);
+  typename Dev::template Sequence<Cell> seq(a, d, params, /*backward=*/false);
   const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type());
   // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
   const int64_t chunk_elems = seq ? seq.chunk_elems() : int64_t(1) << 21;
@@ -740,12 +746,13 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   st.saved = &saved;
   st.grads = &r.grads;
   st.params = &params;
-  typename Dev::template Sequence<Cell> seq(a, d, /*backward=*/true);
+  typename Dev::template Sequence<Cell> seq(a, d, params, /*backward=*/true);
   if (seq && T > 0) {
     // The whole step loop in one launch; dh and dc end as grad_h0 and grad_c0.
     Tensor gh0 = at::empty({B, P}, opts);
     Tensor gc0 = Cell::kHasC ? at::empty({B, H}, opts.dtype(acc)) : Tensor();
-    seq.backward(SeqBackwardCall<Cell>{gates, cells, c0_acc, h_prev_all, gout, dh, dc, dgx, dgh, gh0, gc0, &saved});
+    seq.backward(SeqBackwardCall<Cell>{gates, cells, c0_acc, h_prev_all, gout, dh, dc, dgx, dgh, gh0, gc0, &saved,
+                                       &params});
     dh = gh0;
     dc = gc0;
   }

@@ -250,7 +250,7 @@ PERSISTENT_CONFIGS = {
     "no_bias_two_blocks": (dict(T=3, B=5, I=2, H=16, bias=False), 2),
     "one_step": (dict(T=1, B=1, I=1, H=16), 3),
 }
-PERSISTENT_CELLS = ["lstm", "gru"]
+PERSISTENT_CELLS = ["lstm", "gru", "peephole_diagonal"]
 
 
 @pytest.fixture
@@ -298,7 +298,9 @@ def test_persistent_kernel_matches_cpu_op(persistent, nan_fill, cell, dtype, con
     ("lstm", dict(T=3, B=2, I=3, H=12), 227 * 1024, "H % 16 for half types"),
     ("lstm", dict(T=3, B=2, I=3, H=16, lengths=[3, 1]), 227 * 1024, "packed lengths"),
     ("lstm_proj", dict(T=3, B=2, I=3, H=16), 227 * 1024, "projection"),
-    ("peephole_diagonal", dict(T=3, B=2, I=3, H=16), 227 * 1024, "no whole-sequence description"),
+    ("peephole_full", dict(T=3, B=2, I=3, H=16), 227 * 1024, "full peepholes: no whole-sequence description"),
+    ("layernorm_lstm", dict(T=3, B=2, I=3, H=16, dtype=torch.float32), 227 * 1024,
+     "layer norm: no whole-sequence description"),
     ("gru", dict(T=3, B=2, I=3, H=16), 512, "weights do not fit in shared memory"),
     ("lstm", dict(T=2, B=129, I=3, H=16), 227 * 1024, "batch over 128"),
 ])
@@ -307,10 +309,11 @@ def test_persistent_plan_declines_and_the_step_loop_runs(persistent, nan_fill, c
     persistent.set_plan(16, False)
     persistent.set_persistent(True, 132, smem)
     runs = persistent.persistent_runs()
-    (h_out, h_grads, _), (c_out, c_grads, _) = run_both(persistent, cell, cfg, torch.float16)
+    dtype = cfg.get("dtype", torch.float16)
+    (h_out, h_grads, _), (c_out, c_grads, _) = run_both(persistent, cell, cfg, dtype)
     assert persistent.persistent_runs() == runs, why
-    assert_same(h_out, c_out, torch.float16, "forward")
-    assert_same(h_grads, c_grads, torch.float16, "backward")
+    assert_same(h_out, c_out, dtype, "forward")
+    assert_same(h_grads, c_grads, dtype, "backward")
 
 
 def test_persistent_float32_takes_any_hidden_size(persistent, nan_fill):

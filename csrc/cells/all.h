@@ -12,7 +12,7 @@
   X(PeepholeForwardH) X(PeepholeBackwardDiag) X(PeepholeBackwardH) X(PeepholeBackwardC) X(LnInputNorm)   \
   X(LnForward) X(LnBackward) X(LnInputNormBackward)
 
-// The cells with a whole-sequence description (sequence.h), which the persistent CUDA kernel runs. Layer
-// norm needs a sum over the whole row per step and full peepholes a product of c with a matrix, neither of
-// which a block owning a slice of the units has.
-#define FASTLSTM_SEQUENCES(X) X(LstmSeq) X(GruSeq)
+// The cells with a whole-sequence description (sequence.h), which the persistent CUDA kernel runs (the
+// peephole cell in its diagonal mode). Layer norm needs a sum over the whole row per step and full
+// peepholes a product of c with a matrix, neither of which a block owning a slice of the units has.
+#define FASTLSTM_SEQUENCES(X) X(LstmSeq) X(GruSeq) X(PeepholeSeq)

@@ -50,7 +50,7 @@ struct GruCell : CellBase {
     q.b_hn = ptr_or_null<const S>(p.b_hn);
   }
   template <class QB>
-  static void seq_backward_extra(QB& q, const SavedIn& s) {
+  static void seq_backward_extra(QB& q, const SavedIn& s, const Params&) {
     using S = std::remove_const_t<std::remove_pointer_t<decltype(q.hn)>>;
     q.hn = ptr<const S>(s.hn);
   }

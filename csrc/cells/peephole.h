@@ -6,6 +6,7 @@
 #pragma once
 
 #include "passes.h"
+#include "sequence.h"
 
 namespace fastlstm {
 namespace cells {
@@ -211,6 +212,31 @@ struct PeepholeBackwardC {
       L.store(dg + 2 * H + j, dgg);
       L.store(a.dc_prev + r + j, dcp);
     });
+  }
+};
+
+// The diagonal-peephole cell for the whole-sequence kernel (sequence.h): the LSTM's, with the peephole
+// vectors. Full peepholes need c @ W (a matrix over all units) inside the step: not a block's slice.
+struct PeepholeSeq {
+  using Fwd = PeepholeForwardDiag;
+  using Bwd = PeepholeBackwardDiag;
+  static constexpr int kGates = 4;
+  static constexpr bool kHasC = true;
+  static constexpr bool kSeparateRec = false;
+  static constexpr bool kDirectDh = false;
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
+                                                                     const S*, S* h) {
+    return {q.gates_at(s, 4 * q.H), q.cell_before(s), q.p_i, q.p_f, q.p_o, q.cell_at(s), h, q.pre_at(s, 4 * q.H)};
+  }
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Bwd::template Args<S> backward(const SeqBackwardArgs<S>& q, int64_t s,
+                                                                      const acc_of<S>* dc_next, S* dg,
+                                                                      acc_of<S>* dc_prev) {
+    const int64_t BH = q.B * q.H;
+    const acc_of<S>* c_prev = s == 0 ? q.c0 : q.cells + q.step(s - 1) * BH;
+    return {q.gates + q.step(s) * 4 * BH, q.cells + q.step(s) * BH, c_prev, q.p_i, q.p_f, q.p_o, q.dh, dc_next,
+            dg, dc_prev};
   }
 };
 

@@ -15,6 +15,7 @@ namespace fastlstm {
 
 struct PeepholeCell : CellBase {
   static constexpr int kGates = 4;
+  using Seq = cells::PeepholeSeq;  // diagonal mode only (seq_ok)
   struct Params {
     Tensor w_ci, w_cf, w_co;  // as given: all [H] or all [H, H]
     bool full = false;
@@ -49,6 +50,24 @@ struct PeepholeCell : CellBase {
       p.w_co_acc = w_co.to(acc);
     }
     return p;
+  }
+
+  static bool seq_ok(const Params& p) { return !p.full; }
+  // The peephole vectors for a whole-sequence launch (Q: cells::SeqForwardArgs / SeqBackwardArgs).
+  template <class Q>
+  static void set_peepholes(Q& q, const Params& p) {
+    using A = std::remove_const_t<std::remove_pointer_t<decltype(q.p_i)>>;
+    q.p_i = ptr<const A>(p.p_i);
+    q.p_f = ptr<const A>(p.p_f);
+    q.p_o = ptr<const A>(p.p_o);
+  }
+  template <class QF, class SavedT>
+  static void seq_forward_extra(QF& q, SavedT&, const Params& p) {
+    set_peepholes(q, p);
+  }
+  template <class QB, class SavedInT>
+  static void seq_backward_extra(QB& q, const SavedInT&, const Params& p) {
+    set_peepholes(q, p);
   }
 
   template <class Dev>

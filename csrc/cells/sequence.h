@@ -35,6 +35,7 @@ struct SeqForwardArgs {
   S* hn;               // GRU: [T, B, H] (hn_per_step) or [B, H] scratch: W_hn h_{t-1} + b_hn
   bool hn_per_step;
   const S* b_hn;       // GRU: [H] or null
+  const acc_of<S>*p_i, *p_f, *p_o;  // diagonal peepholes: [H] A each
   int64_t T, B, H;
   int64_t s0, s1;      // the steps of this launch, in processing order
   bool reverse;
@@ -74,6 +75,7 @@ struct SeqBackwardArgs {
   A* dcbuf;             // [2, B, H] scratch (cells with c)
   S* grad_h0;           // [B, H] out
   A* grad_c0;           // [B, H] out (cells with c)
+  const A *p_i, *p_f, *p_o;  // diagonal peepholes: [H] A each
   int64_t T, B, H;
   bool reverse;
 

@@ -28,9 +28,11 @@ class PersistentSequence {
  public:
   // The path is taken when it is on, the cell has a whole-sequence description, the layer has no packed
   // lengths and no projection (both need more than one barrier per step), and the plan fits the device.
-  PersistentSequence(const LayerArgs& a, const Dims& d, bool backward) : a_(a), d_(d) {
+  PersistentSequence(const LayerArgs& a, const Dims& d, const typename Cell::Params& params, bool backward)
+      : a_(a), d_(d) {
     if constexpr (!std::is_void_v<Seq>) {
       if (!Runner::enabled(a.input) || defined(a.lengths) || defined(a.w_hr) || d.T == 0 || d.B == 0) return;
+      if (!Cell::seq_ok(params)) return;
       int sms = 0;
       size_t smem = 0;
       if (!Runner::limits(a.input, &sms, &smem)) return;
@@ -116,7 +118,7 @@ class PersistentSequence {
         q.B = B;
         q.H = H;
         q.reverse = a_.reverse;
-        Cell::seq_backward_extra(q, *c.saved);
+        Cell::seq_backward_extra(q, *c.saved, *c.params);
         Runner::template backward<Seq, S>(q, plan_, a_.input);
       });
     }
