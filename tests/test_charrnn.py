@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOL
+from conftest import LOWP_FACTOR, LOWP_SLACK, TOL
 from fastlstm.charrnn import (CharRNN, Vocab, batch_rows, get_batches, load_checkpoint, load_model,
                               probabilities, sample)
 from fastlstm.charrnn.__main__ import main
@@ -155,15 +155,18 @@ def _tiny(text, out, *extra):
 
 @needs_anna
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["fastlstm", "torch"])
-def test_resume_is_bit_exact(tmp_path, backend):
+@pytest.mark.parametrize("backend,dtype", [("fastlstm", "float32"), ("torch", "float32"),
+                                           ("fastlstm", "bfloat16"), ("torch", "bfloat16"),
+                                           ("fastlstm", "float16")])  # torch: no float16 LSTM training on CPU
+def test_resume_is_bit_exact(tmp_path, backend, dtype):
     text = _slice(tmp_path, 3_000)  # 2400 train chars -> 20 steps per epoch
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    assert main(_tiny(text, full, "--backend", backend)) == 0
+    run = ("--backend", backend, "--dtype", dtype)
+    assert main(_tiny(text, full, *run)) == 0
     # Interrupted mid-epoch (step 27 of 40, not on a validation/checkpoint boundary), then resumed.
-    assert main(_tiny(text, part, "--backend", backend, "--max-steps", "27")) == 0
+    assert main(_tiny(text, part, *run, "--max-steps", "27")) == 0
     assert load_checkpoint(part)["position"]["step"] == 27
-    assert main(_tiny(text, part, "--backend", backend, "--resume")) == 0
+    assert main(_tiny(text, part, *run, "--resume")) == 0
     a, b = load_checkpoint(full), load_checkpoint(part)
     assert a["position"]["step"] == b["position"]["step"] == 40
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -172,6 +175,8 @@ def test_resume_is_bit_exact(tmp_path, backend):
     train_a = [r["loss"] for r in _log(full) if r["split"] == "train"]
     train_b = [r["loss"] for r in _log(part) if r["split"] == "train"]
     assert train_a == train_b and len(train_a) == 40
+    # float16's GradScaler state (its scale and growth tracker) is part of the position, too.
+    assert a["scaler"] == b["scaler"] and (a["scaler"] != {}) == (dtype == "float16")
     assert json.load(open(os.path.join(full, "metrics.json")))["val_loss"] == \
         json.load(open(os.path.join(part, "metrics.json")))["val_loss"]
 
@@ -184,6 +189,133 @@ def test_resume_refuses_a_changed_configuration(tmp_path, capsys):
     capsys.readouterr()
     assert main(_tiny(text, out, "--resume", "--hidden", "32")) == 2
     assert "--hidden 32 differs" in capsys.readouterr().err
+
+
+# --- low precision (--dtype) ------------------------------------------------------------------------------
+
+# A text learnable in a few steps, so a short run's falling loss is not luck; anna.txt is not needed.
+REPEATED = "It was the best of times, it was the worst of times, it was the age of wisdom.\n" * 60  # 4800 chars
+# First-step losses (the same weights on the same batch) of the two backends in one low-precision dtype:
+# both are within LOWP_SLACK of the float32 loss (the autocast rounding of ~2.9 nats), and fastlstm's
+# error against float64 is at most LOWP_FACTOR times nn.LSTM's own (conftest's low-precision rule).
+
+
+def _lowp_run(tmp_path, name, backend, dtype, *extra):
+    text = tmp_path / "repeated.txt"
+    text.write_text(REPEATED, encoding="utf-8")
+    out = str(tmp_path / name)
+    assert main(["train", "--text", str(text), "--out", out, "--backend", backend, "--dtype", dtype,
+                 "--hidden", "32", "--layers", "2", "--dropout", "0", "--batch-size", "8", "--seq-length", "20",
+                 "--val-frac", "0", "--lr", "3e-2", "--epochs", "2", "--max-steps", "40", "--seed", "3",
+                 "--threads", "1", *extra]) == 0
+    return out, [float(r["loss"]) for r in _log(out) if r["split"] == "train"]
+
+
+def _first_loss(backend, dtype, double=False):
+    """The first training step's loss, as _lowp_run computes it (seed 3, V = the text's characters)."""
+    vocab = Vocab.from_text(REPEATED)
+    x, y = batch_rows(vocab.encode(REPEATED), 8, 20)
+    torch.manual_seed(3)
+    model = CharRNN(len(vocab), 32, 2, 0.0, backend, dtype=dtype)
+    if double:
+        model = model.double()
+    logits, _ = model(x[:, :20].t(), model.init_state(8, dtype=model.fc.weight.dtype))
+    return float(torch.nn.functional.cross_entropy(logits.detach().reshape(-1, len(vocab)),
+                                                   y[:, :20].t().reshape(-1)))
+
+
+def test_bfloat16_trains_on_both_backends(tmp_path):
+    runs = {b: _lowp_run(tmp_path, b, b, "bfloat16") for b in ("fastlstm", "torch")}
+    for backend, (out, losses) in runs.items():
+        assert len(losses) == 40 and all(math.isfinite(v) for v in losses), (backend, losses)
+        # ln 19 = 2.9 nats at the start, 2.5 from character frequencies alone; in 40 steps the repeated
+        # sentence is learnt to about 1.4 (float32 and bfloat16 alike).
+        assert sum(losses[-5:]) / 5 < losses[0] - 1.0, (backend, losses)
+        ck = load_checkpoint(out)
+        assert ck["config"]["dtype"] == "bfloat16"
+        # Master weights, Adam's moments and the carried state are float32; bf16 is compute only.
+        assert {t.dtype for t in ck["model"].values()} == {torch.float32}
+        assert {t.dtype for st in ck["optimizer"]["state"].values() for k, t in st.items() if k != "step"} \
+            == {torch.float32}
+        assert {t.dtype for t in ck["position"]["state"]} == {torch.float32}
+        m = json.load(open(os.path.join(out, "metrics.json")))
+        assert m["dtype"] == "bfloat16" and m["steps"] == 40
+    # The same weights on the same batch: the backends agree on the first loss (see the rule above).
+    l32 = _first_loss("torch", "float32")
+    l64 = _first_loss("torch", "float32", double=True)
+    fast, ref = runs["fastlstm"][1][0], runs["torch"][1][0]
+    assert fast == pytest.approx(_first_loss("fastlstm", "bfloat16"), abs=1e-6)  # the log is that loss
+    assert abs(fast - l32) < LOWP_SLACK[torch.bfloat16] and abs(ref - l32) < LOWP_SLACK[torch.bfloat16]
+    assert abs(fast - l64) <= LOWP_FACTOR * abs(ref - l64) + LOWP_SLACK[torch.bfloat16], (fast, ref, l64)
+    # ... and they are bf16 losses: the float32 one differs (bf16 keeps 8 bits of mantissa, 2**-8 = 0.004).
+    assert fast != l32 and ref != l32
+
+
+@pytest.mark.parametrize("backend", ["fastlstm", "torch"])
+def test_bfloat16_computes_in_bfloat16_and_keeps_the_state_float32(backend):
+    torch.manual_seed(0)
+    model = CharRNN(11, 16, 2, 0.0, backend, dtype="bfloat16")
+    seen = []
+    model.rnn.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out[0].dtype)))
+    x = torch.randint(0, 11, (7, 3))
+    logits, state = model(x, model.init_state(3))
+    # The LSTM ran in bf16 (autocast cast its float32 input), yet what comes out is float32: logits for the
+    # loss, and the state that is carried to the next batch. (FastLSTM's autocast rule calls the module
+    # once more inside, on the cast input: that call is seen first.)
+    assert seen[-1] == (torch.float32, torch.bfloat16) and {o for _, o in seen} == {torch.bfloat16}
+    assert logits.dtype == torch.float32 and [s.dtype for s in state] == [torch.float32] * 2
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    logits.sum().backward()
+    assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+    # The carried state holds bf16 values exactly (the cast up is exact), so carrying loses nothing.
+    assert all(torch.equal(s, s.bfloat16().float()) for s in state)
+
+
+def test_float16_trains_with_a_grad_scaler_on_fastlstm_cpu(tmp_path):
+    out, losses = _lowp_run(tmp_path, "fp16", "fastlstm", "float16")
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    ck = load_checkpoint(out)
+    assert ck["scaler"]["scale"] > 0 and {t.dtype for t in ck["model"].values()} == {torch.float32}
+    model, vocab = load_model(out)
+    assert model.dtype_name == "float16"  # samples in the dtype it was trained in
+    assert sample(model, vocab, "It", 40, seed=1) == sample(model, vocab, "It", 40, seed=1)
+
+
+def test_bfloat16_checkpoint_samples_in_bfloat16(tmp_path, capsys):
+    out, _ = _lowp_run(tmp_path, "bf16", "fastlstm", "bfloat16", "--max-steps", "10")
+    model, vocab = load_model(out)
+    assert model.dtype_name == "bfloat16"
+    assert load_model(out, dtype="float32")[0].dtype_name == "float32"  # --dtype overrides it
+    argv = ["sample", "--checkpoint", out, "--prime", "It", "--length", "60", "--seed", "3"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text == sample(model, vocab, "It", 60, top_k=5, seed=3) + "\n" and len(text) == 2 + 60 + 1
+    # nn.LSTM's float16 limit on the CPU is its training primitive: without autograd it samples.
+    assert main(argv + ["--backend", "torch", "--dtype", "float16"]) == 0
+
+
+def test_bad_dtype_is_a_clear_error(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(REPEATED, encoding="utf-8")
+    for argv in (["train", "--text", str(text), "--out", str(tmp_path / "o"), "--dtype", "fp8"],
+                 ["sample", "--checkpoint", str(tmp_path), "--dtype", "half"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "argument --dtype: invalid choice" in err, err
+        assert "float32" in err and "bfloat16" in err and "float16" in err and err.count("\n") == 1
+    # A combination torch cannot train: refused up front, one line, status 2, before any file is read.
+    assert main(["train", "--text", str(text), "--out", str(tmp_path / "o"), "--backend", "torch",
+                 "--dtype", "float16"]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype float16 --device cpu: torch.nn.LSTM cannot train in float16" in err, err
+    assert not (tmp_path / "o").exists()
+    # The library entry point checks it too.
+    from fastlstm.charrnn import CharRNNError, train
+    with pytest.raises(CharRNNError, match=r"--dtype must be one of \['float32', 'bfloat16', 'float16'\]"):
+        train({"text": str(text), "out": str(tmp_path / "o"), "dtype": "bf16"})
+    with pytest.raises(ValueError, match="unknown dtype 'float64'"):
+        CharRNN(5, 4, 1, 0.0, dtype="float64")
 
 
 # --- sampling ---------------------------------------------------------------------------------------------

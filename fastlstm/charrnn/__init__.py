@@ -6,10 +6,10 @@
 """
 from .data import Vocab, batch_rows, get_batches, load_text, split
 from .errors import CharRNNError
-from .model import CELLS, Cell, CharRNN, detach, make_rnn
+from .model import CELLS, DTYPES, Cell, CharRNN, detach, make_rnn
 from .sample import load_model, probabilities, sample
 from .train import DEFAULTS, load_checkpoint, train
 
-__all__ = ["Vocab", "batch_rows", "get_batches", "load_text", "split", "CELLS", "Cell", "CharRNN", "detach",
+__all__ = ["Vocab", "batch_rows", "get_batches", "load_text", "split", "CELLS", "DTYPES", "Cell", "CharRNN", "detach",
            "make_rnn", "load_model", "probabilities", "sample", "DEFAULTS", "load_checkpoint", "train",
            "CharRNNError"]

@@ -9,7 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import SAMPLE_CHECKS, TRAIN_CHECKS, CharRNNError
-from .model import BACKENDS, CELLS
+from .model import BACKENDS, CELLS, DTYPES
 from .train import DEFAULTS
 
 
@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=list(BACKENDS),
                    help=f"fastlstm.FastLSTM or torch.nn.LSTM [{D['backend']}]")
     t.add_argument("--cell", choices=sorted(CELLS), help=f"recurrent cell [{D['cell']}]")
+    t.add_argument("--dtype", choices=list(DTYPES),
+                   help=f"compute dtype (torch.autocast); weights and optimizer state stay float32; "
+                        f"float16 adds a GradScaler [{D['dtype']}]")
     t.add_argument("--max-steps", type=_typed(int, "max_steps", TRAIN_CHECKS),
                    help="stop after this many steps in total (counting resumed ones) [no limit]")
     t.add_argument("--val-every", type=_typed(int, "val_every", TRAIN_CHECKS),
@@ -95,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="[cpu]")
     s.add_argument("--backend", choices=list(BACKENDS), default=None,
                    help="run the weights on this backend [the checkpoint's]")
+    s.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="compute dtype [the checkpoint's, i.e. the one it was trained in]")
     return p
 
 
@@ -110,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             train(opts)
             return 0
         from .sample import load_model, sample
-        model, vocab = load_model(args.checkpoint, args.device, args.backend)
+        model, vocab = load_model(args.checkpoint, args.device, args.backend, args.dtype)
         try:
             text = sample(model, vocab, args.prime, args.length, args.temperature, args.top_k, args.seed)
         except (KeyError, ValueError) as e:

@@ -5,6 +5,7 @@ cell (gru, peephole, ...) is one entry in ``CELLS``; everything else, training i
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 from ..cells import FastGRU, FastLSTM, LayerNormLSTM, PeepholeLSTM
 
 BACKENDS = ("fastlstm", "torch")
+# --dtype: the compute dtype. The parameters (the optimiser's master weights) stay float32 whatever it is.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,27 @@ State = tuple[Tensor, ...]
 
 
 class CharRNN(nn.Module):
-    """Next-character model. forward(x int64 [T, B], state) -> (logits [T, B, V], new state).
+    """Next-character model. forward(x int64 [T, B], state) -> (logits float32 [T, B, V], new state).
 
     The state is a tuple of ``n_states`` tensors [num_layers, B, hidden] (for an LSTM: (h, c)). Dropout
     sits between recurrent layers (inside the stack) and before the output layer.
+
+    ``dtype`` (a DTYPES name) is the compute dtype: other than float32, forward runs under
+    torch.autocast(dtype) on the input's device, so the parameters stay float32 (master weights) and are
+    cast once per call, by nn.LSTM / nn.GRU's own autocast rule and FastLSTM's copy of it (fastlstm/
+    autocast.py). The logits come back float32 (the loss and the sampling softmax are float32 math, as
+    autocast itself does for cross_entropy), and the new state in the dtype the given state was in:
+    the carried state stays float32, holding the values the compute dtype produced (the cast up is
+    exact), so it is checkpointed, resumed and carried across batches exactly as in a float32 run.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int = 512, num_layers: int = 2, dropout: float = 0.5,
-                 backend: str = "fastlstm", cell: str = "lstm"):
+                 backend: str = "fastlstm", cell: str = "lstm", dtype: str = "float32"):
         super().__init__()
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
+        self.dtype_name = dtype
         self.rnn, self.cell = make_rnn(cell, backend, vocab_size, hidden_size, num_layers, dropout)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
@@ -92,12 +106,22 @@ class CharRNN(nn.Module):
         return tuple(torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
                      for _ in range(self.cell.n_states))
 
+    def autocast(self, device_type: str):
+        """The autocast context forward runs under on ``device_type`` (none for float32)."""
+        if self.dtype_name == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=DTYPES[self.dtype_name])
+
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         p = self.fc.weight
         onehot = F.one_hot(x, self.vocab_size).to(p.dtype)
-        out, new = self.rnn(onehot, state if self.cell.n_states > 1 else state[0])
+        with self.autocast(x.device.type):
+            out, new = self.rnn(onehot, state if self.cell.n_states > 1 else state[0])
+            logits = self.fc(self.dropout(out))
         new = tuple(new) if isinstance(new, (tuple, list)) else (new,)
-        return self.fc(self.dropout(out)), new
+        # Under autocast an LSTM's h_n, c_n come back in the compute dtype (a GRU's on the CPU do not).
+        new = tuple(s.to(old.dtype) for s, old in zip(new, state))
+        return logits.to(p.dtype), new
 
 
 def detach(state: State) -> State:

@@ -18,12 +18,14 @@ from torch import Tensor
 from .data import Vocab
 from .errors import SAMPLE_CHECKS, CharRNNError, check
 from .model import BACKENDS, CharRNN
-from .train import build_model, load_checkpoint
+from .train import build_model, check_dtype, load_checkpoint
 
 
-def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = None) -> tuple[CharRNN, Vocab]:
+def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = None,
+               dtype: Optional[str] = None) -> tuple[CharRNN, Vocab]:
     """(model in eval mode on ``device``, vocab) from a checkpoint file or an output directory.
-    ``backend`` overrides the one trained with (the weights are interchangeable)."""
+    ``backend`` overrides the one trained with (the weights are interchangeable); ``dtype`` overrides
+    the compute dtype it was trained in (the weights are float32 either way)."""
     if backend is not None and backend not in BACKENDS:
         raise CharRNNError(f"--backend must be one of {list(BACKENDS)}, got {backend!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -33,9 +35,12 @@ def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = No
     cell = cfg.get("cell", "lstm")
     if cell == "peephole" and (backend or cfg["backend"]) != "fastlstm":
         raise CharRNNError("--backend torch: this checkpoint is a peephole LSTM, which torch.nn does not have")
+    # Sampling runs without autograd, where every backend runs every dtype (nn.LSTM's float16 CPU
+    # limit is its training primitive); the name is still checked, a stored one included.
+    check_dtype(dtype or cfg.get("dtype", "float32"), device, backend or cfg["backend"], cell, training=False)
     try:
         vocab = Vocab(ckpt["vocab"])
-        model = build_model(len(vocab), cfg, "cpu", backend)
+        model = build_model(len(vocab), cfg, "cpu", backend, dtype)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         # The archive's CRCs were right (load_checkpoint), so this is a file that is not ours, or ours

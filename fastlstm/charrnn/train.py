@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .data import Vocab, batch_rows, load_text, num_batches, split
 from .errors import OPTIONAL, TRAIN_CHECKS, CharRNNError, check, flag
-from .model import BACKENDS, CELLS, CharRNN, State, detach
+from .model import BACKENDS, CELLS, DTYPES, CharRNN, State, detach
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -42,10 +42,12 @@ LOG_FIELDS = ["step", "epoch", "split", "loss", "chars_per_sec", "seconds"]
 
 # The lesson's configuration.
 DEFAULTS = dict(hidden=512, layers=2, dropout=0.5, batch_size=128, seq_length=100, epochs=20, lr=1e-3,
-                clip=5.0, val_frac=0.1, seed=0, device="cpu", backend="fastlstm", cell="lstm",
+                clip=5.0, val_frac=0.1, seed=0, device="cpu", backend="fastlstm", cell="lstm", dtype="float32",
                 max_steps=None, val_every=0, ckpt_every=0, threads=None)
 # What may differ from the checkpoint's configuration when resuming: how long to run, how often to
-# validate and checkpoint, and where to run. Everything else would change the run being continued.
+# validate and checkpoint, and where to run. Everything else would change the run being continued
+# (--dtype included: its rounding is part of the trajectory). A checkpoint from before --dtype existed has
+# no "dtype" in its configuration and resumes as float32, which is what it was.
 RESUME_MAY_CHANGE = {"epochs", "max_steps", "val_every", "ckpt_every", "threads", "device"}
 
 
@@ -229,7 +231,20 @@ def check_config(cfg: dict) -> dict:
     if cfg["cell"] == "peephole" and cfg["backend"] != "fastlstm":
         # torch.nn has no peephole LSTM; a silent substitute would make the comparison meaningless.
         raise CharRNNError("--cell peephole exists only with --backend fastlstm (torch.nn has no peephole LSTM)")
+    check_dtype(cfg.get("dtype", "float32"), cfg["device"], cfg["backend"], cfg["cell"], training=True)
     return cfg
+
+
+def check_dtype(dtype, device: str, backend: str, cell: str, training: bool) -> None:
+    """CharRNNError when --dtype is unknown, or when torch cannot run this combination."""
+    if dtype not in DTYPES:
+        raise CharRNNError(f"--dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if dtype == "float16" and device == "cpu" and backend == "torch" and cell == "lstm" and training:
+        # oneDNN's LSTM (which nn.LSTM takes under CPU autocast) has no float16 training primitive: the
+        # first step would die in "could not create a primitive descriptor". fastlstm's CPU kernels have one.
+        raise CharRNNError("--dtype float16 --device cpu: torch.nn.LSTM cannot train in float16 on the CPU "
+                           "(oneDNN has no float16 LSTM training primitive); use --dtype bfloat16, "
+                           "--backend fastlstm, or --device cuda")
 
 
 def _resolve_config(args: dict, ckpt: Optional[dict]) -> dict:
@@ -375,12 +390,14 @@ def train(args: dict) -> Optional[dict]:
             dist.destroy_process_group()
 
 
-def build_model(vocab_size: int, cfg: dict, device, backend: Optional[str] = None) -> CharRNN:
-    """CharRNN as configured, on ``device``; CharRNNError when it does not fit in memory (--hidden is
-    checked to be positive, not to be small: 200000 asks for 640 GB)."""
+def build_model(vocab_size: int, cfg: dict, device, backend: Optional[str] = None,
+                dtype: Optional[str] = None) -> CharRNN:
+    """CharRNN as configured (``backend`` and ``dtype`` override cfg's), on ``device``, float32
+    parameters; CharRNNError when it does not fit in memory (--hidden is checked to be positive, not to
+    be small: 200000 asks for 640 GB)."""
     try:
         return CharRNN(vocab_size, cfg["hidden"], cfg["layers"], cfg["dropout"], backend or cfg["backend"],
-                       cfg.get("cell", "lstm")).to(device)
+                       cfg.get("cell", "lstm"), dtype or cfg.get("dtype", "float32")).to(device)
     except (RuntimeError, MemoryError) as e:
         msg = str(e)
         if isinstance(e, MemoryError) or "allocate" in msg or "out of memory" in msg:
@@ -435,6 +452,9 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
     torch.manual_seed(cfg["seed"])
     model = build_model(len(vocab), cfg, d.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    # float16's 5 exponent bits underflow small gradients to zero: scale the loss up, and skip the steps
+    # whose scaled gradients overflow (GradScaler). bfloat16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(d.device.type, enabled=cfg["dtype"] == "float16")
     # Processes must differ in their dropout masks; weights are the same (seeded above, and DDP
     # broadcasts rank 0's anyway).
     if d.on:
@@ -445,6 +465,8 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         p = ckpt["position"]
         pos.update({k: p[k] for k in pos})
         if p["state"] is not None:
@@ -475,7 +497,7 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
                  chars_per_sec=pos["step"] * B * T / pos["train_seconds"] if pos["train_seconds"] else None,
                  steps_per_epoch=n_batches, vocab_size=len(vocab), world_size=d.world,
                  threads=torch.get_num_threads(), backend=cfg["backend"], cell=cfg["cell"],
-                 device=str(d.device.type), config=cfg)
+                 dtype=cfg["dtype"], device=str(d.device.type), config=cfg)
         return m
 
     def checkpoint() -> None:
@@ -493,6 +515,7 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
                                                 for i in range(len(state)))
         blob = {"format": 1, "config": cfg, "vocab": vocab.chars, "text_crc32": crc,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "world_size": d.world,
+                "scaler": scaler.state_dict(),
                 "position": {**pos, "state": full, "rng": [p["rng"] for p in parts]}}
         _atomic_write(os.path.join(out, CHECKPOINT), lambda f: torch.save(blob, f))
 
@@ -525,7 +548,7 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
             plot(out)
 
     bar = tqdm(total=total_steps, initial=pos["step"], disable=not d.main, dynamic_ncols=True,
-               desc=f"{cfg['backend']} train", unit="step")
+               desc=f"{cfg['backend']} {cfg['dtype']} train", unit="step")
     last_val = last_ckpt = pos["step"]
     speed = None
     t_mark = time.perf_counter()  # noqa: F841  (read and reset by tick())
@@ -545,9 +568,13 @@ def _train(text_path: str, out: str, cfg: dict, ckpt: Optional[dict], d: Dist) -
                 logits, state = net(xb, detach(state))
                 loss = F.cross_entropy(logits.reshape(-1, V), yb.reshape(-1))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # With the scaler disabled (float32, bfloat16) scale, unscale_ and update do nothing and
+                # step is opt.step(): the float32 path is the one it always was.
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 state = detach(state)
                 # One small all-reduce per step: the mean loss over processes, and whether any was told
                 # to stop, so that all stop at the same step.
