@@ -322,8 +322,13 @@ struct SeqBackwardCall {
 // computes up to summation order (a product of two halves is exact in float32).
 struct AtenDevice {
   static constexpr bool kAccGates = false;
-  // Whether kAccGates applies now: always, but a test device may switch it off to run the CPU's scheme.
-  static bool acc_gates_enabled() { return true; }
+  // Whether kAccGates applies to a layer of T steps: always, but a test device may switch it off to run
+  // the storage-typed scheme, and the CPU takes it only where the weights' float32 copies pay off.
+  static bool acc_gates_enabled(int64_t /*T*/) { return true; }
+  // kAccGrads: backward's GEMMs over all steps (grad_input, grad_w_ih, grad_w_hh, grad_w_hr) in float32 on
+  // float32 copies where kAccGates applies (the CPU, whose float32 GEMMs outrun its half-type ones); CUDA
+  // keeps them in the storage type on the tensor cores.
+  static constexpr bool kAccGrads = false;
   // One op call's scope (a device guard, say): nothing by default.
   struct Call {
     Call(const Tensor&, int64_t) {}
@@ -400,8 +405,8 @@ struct AtenDevice {
 
 // Whether this device keeps a dtype's gate pre-activations in float32 (AtenDevice::kAccGates): half types only.
 template <class Dev>
-bool acc_gates_for(at::ScalarType dtype) {
-  return Dev::kAccGates && acc_type(dtype) != dtype && Dev::acc_gates_enabled();
+bool acc_gates_for(at::ScalarType dtype, int64_t T) {
+  return Dev::kAccGates && acc_type(dtype) != dtype && Dev::acc_gates_enabled(T);
 }
 
 // The recurrent product out (+)= h @ w^T through the device's hooks: its float32-output GEMM when out is
@@ -546,7 +551,7 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    buffer `pre` chunked the same way in training too, and the passes write the activated gates to
   //    `gates` in S: the [T, B, G] saved gates in training, a one-step scratch in inference.
   typename Dev::template Sequence<Cell> seq(a, d, params, /*backward=*/false);
-  const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type());
+  const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type(), T);
   // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
   const int64_t chunk_elems = seq ? seq.chunk_elems() : int64_t(1) << 21;
   const int64_t chunk = training && !acc_gates ? T
@@ -828,26 +833,37 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   // 3. Everything that does not feed the recurrence: a few GEMMs over all steps at once.
   const Tensor dproj = Cell::template input_term_grad<Dev>(dgx, saved, r.grads, params);
   const Tensor dp2 = dproj.view({T * B, G});
-  r.grad_input = at::mm(dp2, a.w_ih).view({T, B, I});
-  r.grad_w_ih = at::mm(dp2.t(), a.input.reshape({T * B, I}));
+  const bool acc_mm = Dev::kAccGrads && acc_gates_for<Dev>(dtype, T);
+  // a @ b in S: in float32 on float32 copies with acc_mm (one rounding, at the end); out (+)= ... likewise.
+  auto mm = [&](const Tensor& x, const Tensor& y) {
+    return acc_mm ? at::mm(x.to(acc), y.to(acc)).to(dtype) : at::mm(x, y);
+  };
+  r.grad_input = mm(dp2, a.w_ih).view({T, B, I});
+  r.grad_w_ih = mm(dp2.t(), a.input.reshape({T * B, I}));
   // grad_w_hh = sum_t dgh_t^T h_{t-1}. Unmasked, h_{t-1} is the previous step's output (h0 for the first):
   // one GEMM over the T-1 shifted steps plus one for h0, with no [T, B, P] copy of the shifted outputs.
   if (h_prev_all.defined()) {
-    r.grad_w_hh = at::mm(dgh.view({T * B, G}).t(), h_prev_all.view({T * B, P}));
+    r.grad_w_hh = mm(dgh.view({T * B, G}).t(), h_prev_all.view({T * B, P}));
   } else if (T == 0) {
     r.grad_w_hh = at::zeros({G, P}, opts);
   } else {
     const int64_t first = a.reverse ? T - 1 : 0;
-    r.grad_w_hh = at::mm(dgh[first].t(), a.h0);
+    const Tensor dg_first = acc_mm ? dgh[first].to(acc) : dgh[first];
+    r.grad_w_hh = at::mm(dg_first.t(), acc_mm ? a.h0.to(acc) : a.h0);
     if (T > 1) {
       const Tensor dg_rest = dgh.narrow(0, a.reverse ? 0 : 1, T - 1).reshape({(T - 1) * B, G});
       const Tensor h_rest = out.narrow(0, a.reverse ? 1 : 0, T - 1).reshape({(T - 1) * B, P});
-      r.grad_w_hh.addmm_(dg_rest.t(), h_rest);
+      if (acc_mm) {
+        r.grad_w_hh.addmm_(dg_rest.to(acc).t(), h_rest.to(acc));
+      } else {
+        r.grad_w_hh.addmm_(dg_rest.t(), h_rest);
+      }
     }
+    if (acc_mm) r.grad_w_hh = r.grad_w_hh.to(dtype);
   }
   // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.
   if (proj && mask.defined()) dh_all.masked_fill_(mask.logical_not(), 0);
-  if (proj) r.grad_w_hr = at::mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}));
+  if (proj) r.grad_w_hr = mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}));
   if (Cell::kHasC) r.c_prev_all = step_start_states(cells, c0_acc, Tensor(), a.reverse);
   r.dgx = dgx;
   r.dgh = dgh;

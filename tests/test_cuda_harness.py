@@ -175,14 +175,15 @@ HALF = (torch.float16, torch.bfloat16)
 
 
 def check_against_cpu(ops, cell, cfg, dtype):
-    """Every output and gradient of the harness against the CPU op. Half types run twice: with the CPU's
-    half-typed gate pre-activations (ops.set_acc_gates(False)), the same computation, for every output and
-    gradient; then with CUDA's float32 ones, whose forwards (the training one, every saved tensor included,
-    and the inference one) agree with the CPU's to a rounding, while a wrong index in their path is off by a
-    whole value. Their backward is the same code as the first run's, on saved tensors that differ by
-    roundings (which the layer norm's backward amplifies past HTOL). The layer-norm cell's forward gets 3x HTOL
-    there: its norms amplify those roundings over the steps (measured 1.07x HTOL in float16 c_n, "lengths")."""
-    ops.set_acc_gates(False)
+    """Every output and gradient of the harness against the CPU op. Half types run twice: with the CPU's rule
+    for float32 gate pre-activations (layers of 4 steps or more: ops.set_acc_gates(True, 4)), the same
+    computation, for every output and gradient; then with CUDA's (always), whose forwards (the training one,
+    every saved tensor included, and the inference one) agree with the CPU's to a rounding, while a wrong
+    index in their path is off by a whole value. Their backward is the same code as the first run's, on
+    saved tensors that differ by roundings (which the layer norm's backward amplifies past HTOL). The
+    layer-norm cell's forward gets 3x HTOL there: its norms amplify those roundings over the steps (measured
+    1.07x HTOL in float16 c_n, "lengths")."""
+    ops.set_acc_gates(True, 4)
     (h_out, h_grads, h_inf), (c_out, c_grads, c_inf) = run_both(ops, cell, cfg, dtype)
     ops.set_acc_gates(True)
     assert_same(h_out, c_out, dtype, "forward")
@@ -356,8 +357,8 @@ def _oracle_layer(cell: str, fwd: tuple):
 
 def accuracy_errors(ops, cell: str, cfg: dict, dtype: torch.dtype, seed: int) -> dict:
     """Relative errors ||y - y64|| / ||y64|| of the forward output y [T, B, P] of one layer of `cell` in
-    `dtype` (a half type): 'new' the harness's training forward, 'inf' its inference forward, 'old' the CPU
-    op's (half-typed pre-activations), 'emu' the cuDNN-like emulation."""
+    `dtype` (a half type): 'new' the harness's training forward, 'inf' its inference forward, 'old' the same
+    with half-typed pre-activations, 'emu' the cuDNN-like emulation."""
     from fastlstm.cells.oracle import layer_ref
 
     name, fwd, _ = make_case(cell, cfg, dtype, seed)
@@ -384,7 +385,11 @@ def accuracy_errors(ops, cell: str, cfg: dict, dtype: torch.dtype, seed: int) ->
                     compute_dtype=None)[0]
     new = getattr(ops, f"{name}_forward")(*fwd)[0]
     inf = getattr(ops, f"{name}_inference")(*fwd)[0]
-    old = getattr(torch.ops.fastlstm, f"{name}_forward")(*fwd)[0]
+    ops.set_acc_gates(False)  # the storage-typed pre-activations (the CPU op's below 4 steps)
+    try:
+        old = getattr(ops, f"{name}_forward")(*fwd)[0]
+    finally:
+        ops.set_acc_gates(True)
 
     def rel(y):
         return ((y.double() - exact).norm() / exact.norm()).item()

@@ -181,7 +181,7 @@ struct LayerNormLstmOps {
     const Dims d = check_layer<LayerNormLstmCell>(chk, a);
     auto p = LayerNormLstmCell::make_params(chk, a, ih_w, ih_b, hh_w, hh_b, c_w, c_b, eps, d.H);
     const auto acc = acc_type(input.scalar_type());
-    if (acc_gates_for<Dev>(input.scalar_type())) {
+    if (acc_gates_for<Dev>(input.scalar_type(), d.T)) {
       // Where the pre-activations are float32, so is the bias sum (as layer_forward does for the other cells).
       LayerArgs af = a;
       if (defined(a.b_ih)) af.b_ih = a.b_ih->to(acc);

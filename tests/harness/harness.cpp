@@ -10,8 +10,9 @@
 // set_plan(max_vec, launcher_min_blocks): the widest vector the plan may pick (1 forces the scalar
 // kernels) and whether it also applies the launcher's minimum block count (by default it does not, so that
 // small test shapes exercise the vector code); last_vec(): the width the last launch used;
-// set_acc_gates(on): float32 gate pre-activations for half types, as on CUDA (on, the default), or the
-// half-typed ones of the CPU ops (off: the same computation as the CPU op, for exact comparison).
+// set_acc_gates(on, min_steps): float32 gate pre-activations for half types, as on CUDA (on, the default),
+// or half-typed ones (off); with min_steps 4, the CPU device's rule (float32 from 4 steps on), the same
+// computation as the CPU op, for exact comparison.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -83,7 +84,12 @@ struct HarnessRunner {
   }
 };
 
-void set_acc_gates(bool on) { g_acc_gates = on; }
+// min_steps: float32 pre-activations only for layers of at least that many steps (4: the CPU device's rule).
+int64_t g_acc_min_steps = 0;
+void set_acc_gates(bool on, int64_t min_steps) {
+  g_acc_gates = on;
+  g_acc_min_steps = min_steps;
+}
 
 // The GEMMs are AtenDevice's, on the CPU; only the passes run the CUDA way. Half-type gate pre-activations
 // are float32 as on the CUDA device (kAccGates): AtenDevice's float32-output GEMMs stand in for cuBLAS's.
@@ -91,7 +97,7 @@ struct HarnessDevice : AtenDevice {
   static constexpr bool kAccGates = true;
   template <class Cell>
   using Sequence = gpu::PersistentSequence<Cell, HarnessRunner>;
-  static bool acc_gates_enabled() { return g_acc_gates; }
+  static bool acc_gates_enabled(int64_t T) { return g_acc_gates && T >= g_acc_min_steps; }
 
   // Every block of the grid the launcher would launch, in turn.
   template <class Pass, class Make>
@@ -124,7 +130,7 @@ TORCH_LIBRARY(fastlstm_harness, m) {
   m.def("set_persistent(bool on, int sms, int smem_bytes) -> ()", &fastlstm::harness::set_persistent);
   m.def("persistent_runs() -> int", &fastlstm::harness::persistent_runs);
   m.def("set_persistent_chunk(int elems) -> ()", &fastlstm::harness::set_persistent_chunk);
-  m.def("set_acc_gates(bool on) -> ()", &fastlstm::harness::set_acc_gates);
+  m.def("set_acc_gates(bool on, int min_steps=0) -> ()", &fastlstm::harness::set_acc_gates);
 }
 
 TORCH_LIBRARY_IMPL(fastlstm_harness, CPU, m) { fastlstm::register_cell_ops<fastlstm::harness::HarnessDevice>(m); }
