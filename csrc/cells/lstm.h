@@ -111,9 +111,7 @@ struct LstmSeq {
   FASTLSTM_HOST_DEVICE static typename Bwd::template Args<S> backward(const SeqBackwardArgs<S>& q, int64_t s,
                                                                       const acc_of<S>* dc_next, S* dg,
                                                                       acc_of<S>* dc_prev) {
-    const int64_t BH = q.B * q.H;
-    const acc_of<S>* c_prev = s == 0 ? q.c0 : q.cells + q.step(s - 1) * BH;
-    return {q.gates + q.step(s) * 4 * BH, q.cells + q.step(s) * BH, c_prev, q.dh, dc_next, dg, dc_prev};
+    return {q.gates + q.step(s) * 4 * q.B * q.H, q.cell_at(s), q.cell_before(s), q.dh, dc_next, dg, dc_prev};
   }
 };
 

@@ -80,6 +80,9 @@ struct SeqBackwardArgs {
   bool reverse;
 
   FASTLSTM_HOST_DEVICE int64_t step(int64_t s) const { return reverse ? T - 1 - s : s; }
+  // Step s's cell state and the one it started from (c0 for the first step).
+  FASTLSTM_HOST_DEVICE const A* cell_at(int64_t s) const { return cells + step(s) * B * H; }
+  FASTLSTM_HOST_DEVICE const A* cell_before(int64_t s) const { return s == 0 ? c0 : cell_at(s - 1); }
 };
 
 }  // namespace cells
