@@ -689,15 +689,18 @@ def _persistent_kernel_ran(fn) -> bool:
 
 @pytest.fixture
 def persistent_path():
-    """Runs the test with the persistent path on; restores the default path after."""
+    """Runs the test with the persistent path on; restores the path the run had (scripts/gpu_check.sh runs
+    the suite once with each) after."""
+    import os
+    was_on = os.environ.get("FASTLSTM_CUDA_PERSISTENT", "0") == "1"
     if set_persistent(True) == NOT_BUILT:
-        set_persistent(False)
+        set_persistent(was_on)
         pytest.skip("this build has no persistent path")
     old = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # float32 takes the persistent path only without TF32
     yield
     torch.backends.cudnn.allow_tf32 = old
-    set_persistent(False)
+    set_persistent(was_on)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
