@@ -42,3 +42,36 @@ def test_half_pre_activations_are_float32_on_the_cpu(dtype, grad):
     want = _emulated_lstm(ref, x.detach()).double()
     rel = ((y.detach().double() - want).norm() / want.norm()).item()
     assert rel <= EMU_EPS * torch.finfo(dtype).eps, f"{rel:.3g} from the float32-pre-activation emulation"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_batch_one_steps_use_the_gemv_kernels_correctly(dtype):
+    """Batch 1 below 4 steps (streaming): the half-type GEMV kernels (float32 sums, one rounding per output),
+    forward and the backward's dh = dgates @ W_hh, within the low-precision rule: error against float64 at
+    most LOWP_FACTOR x nn.LSTM's own in that dtype, + LOWP_SLACK."""
+    from conftest import LOWP_FACTOR, LOWP_SLACK
+
+    torch.manual_seed(0)
+    ref64 = torch.nn.LSTM(96, 80, dtype=torch.float64)
+    ref = torch.nn.LSTM(96, 80).to(dtype)
+    ref.load_state_dict({k: v.to(dtype) for k, v in ref64.state_dict().items()})
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})  # the same rounded weights
+    fast = fastlstm.FastLSTM.from_lstm(ref)
+    xs = [torch.randn(1, 1, 96).to(dtype) for _ in range(6)]
+
+    def run(m, dt):
+        state, outs, grads = None, [], []
+        for x in xs:
+            x = x.to(dt).requires_grad_()
+            y, state = m(x, state)
+            (g,) = torch.autograd.grad(y.sum() + state[1].sum(), x)
+            outs.append(y.detach())
+            grads.append(g)
+            state = tuple(s.detach() for s in state)
+        return torch.cat(outs), torch.cat(grads)
+
+    exact = run(ref64, torch.float64)
+    for what, ours, theirs, want in zip(("output", "grad_input"), run(fast, dtype), run(ref, dtype), exact):
+        e_ours = (ours.double() - want).abs().max().item()
+        e_ref = (theirs.double() - want).abs().max().item()
+        assert e_ours <= LOWP_FACTOR * e_ref + LOWP_SLACK[dtype], f"{what}: {e_ours:.3g} vs nn.LSTM {e_ref:.3g}"

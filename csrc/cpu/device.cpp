@@ -258,7 +258,8 @@ struct CpuDevice : AtenDevice {
  private:
   static bool gemv_ok(const Tensor& x, const Tensor& w) {
     const auto dt = x.scalar_type();
-    return (dt == at::kFloat || dt == at::kDouble) && w.scalar_type() == dt && x.is_contiguous() && w.is_contiguous();
+    return (dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf) && w.scalar_type() == dt &&
+           x.is_contiguous() && w.is_contiguous();
   }
   // y [1, R] += x [1, K] @ w [R, K]^T through the GEMV kernel.
   static void gemv(const Tensor& y, const Tensor& x, const Tensor& w) {

@@ -24,6 +24,7 @@
 #include <cfloat>
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 // The cell math's scalar functions before the target pragma: compiled for the baseline ISA here as in every
 // file, so the copy the linker keeps runs anywhere. The passes (templates instantiated only here, with this
@@ -234,15 +235,49 @@ void gemv_rows_t(const scalar_t* w, const scalar_t* x, scalar_t* y, int64_t r0, 
   }
 }
 
+// The half types: float32 registers and sums, one rounding per output (y += W x, as addmm_ rounds), x
+// converted to float32 once per call of the range.
+template <typename S>
+void gemv_rows_half(const S* w, const S* x, S* y, int64_t r0, int64_t r1, int64_t K) {
+  using V = Vectorized<float>;
+  const int64_t n = V::size();
+  std::vector<float> xf(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) xf[size_t(k)] = static_cast<float>(x[k]);
+  for (int64_t r = r0; r < r1; ++r) {
+    const S* wr = w + r * K;
+    V acc0(0), acc1(0), w0, w1;
+    int64_t k = 0;
+    for (; k + 2 * n <= K; k += 2 * n) {
+      at::vec::load_to_float(wr + k, w0);
+      at::vec::load_to_float(wr + k + n, w1);
+      acc0 = at::vec::fmadd(w0, V::loadu(xf.data() + k), acc0);
+      acc1 = at::vec::fmadd(w1, V::loadu(xf.data() + k + n), acc1);
+    }
+    for (; k + n <= K; k += n) {
+      at::vec::load_to_float(wr + k, w0);
+      acc0 = at::vec::fmadd(w0, V::loadu(xf.data() + k), acc0);
+    }
+    float sum = at::vec::vec_reduce_all<float>([](V& a, V& b) { return a + b; }, acc0 + acc1);
+    for (; k < K; ++k) sum += static_cast<float>(wr[k]) * xf[size_t(k)];
+    y[r] = static_cast<S>(static_cast<float>(y[r]) + sum);
+  }
+}
+
 void gemv(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t r0, int64_t r1, int64_t K) {
-  if (dtype == at::kFloat) {
+  if (dtype == at::kBFloat16) {
+    gemv_rows_half<c10::BFloat16>(static_cast<const c10::BFloat16*>(w), static_cast<const c10::BFloat16*>(x),
+                                  static_cast<c10::BFloat16*>(y), r0, r1, K);
+  } else if (dtype == at::kHalf) {
+    gemv_rows_half<c10::Half>(static_cast<const c10::Half*>(w), static_cast<const c10::Half*>(x),
+                              static_cast<c10::Half*>(y), r0, r1, K);
+  } else if (dtype == at::kFloat) {
     gemv_rows_t<float>(static_cast<const float*>(w), static_cast<const float*>(x), static_cast<float*>(y), r0, r1,
                        K);
   } else if (dtype == at::kDouble) {
     gemv_rows_t<double>(static_cast<const double*>(w), static_cast<const double*>(x), static_cast<double*>(y), r0,
                         r1, K);
   } else {
-    TORCH_CHECK(false, "fastlstm: gemv supports float32 and float64, got ", dtype);
+    TORCH_CHECK(false, "fastlstm: gemv supports float32, float64, bfloat16 and float16, got ", dtype);
   }
 }
 
@@ -261,8 +296,40 @@ void gemv_t_cols(const scalar_t* w, const scalar_t* a, scalar_t* y, int64_t c0, 
   }
 }
 
+// The half types: the columns' sums in float32, rounded once into y.
+template <typename S>
+void gemv_t_cols_half(const S* w, const S* a, S* y, int64_t c0, int64_t c1, int64_t R, int64_t C) {
+  using V = Vectorized<float>;
+  const int64_t n = V::size();
+  std::vector<float> acc(static_cast<size_t>(c1 - c0), 0.0f);
+  float* yf = acc.data() - c0;
+  for (int64_t r = 0; r < R; ++r) {
+    const float ar = static_cast<float>(a[r]);
+    const V av(ar);
+    const S* wr = w + r * C;
+    int64_t c = c0;
+    V wv;
+    for (; c + n <= c1; c += n) {
+      at::vec::load_to_float(wr + c, wv);
+      at::vec::fmadd(av, wv, V::loadu(yf + c)).store(yf + c);
+    }
+    for (; c < c1; ++c) yf[c] += ar * static_cast<float>(wr[c]);
+  }
+  for (int64_t c = c0; c < c1; ++c) y[c] = static_cast<S>(yf[c]);
+}
+
 void gemv_t(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_t c0, int64_t c1, int64_t R,
             int64_t C) {
+  if (dtype == at::kBFloat16) {
+    gemv_t_cols_half<c10::BFloat16>(static_cast<const c10::BFloat16*>(w), static_cast<const c10::BFloat16*>(a),
+                                    static_cast<c10::BFloat16*>(y), c0, c1, R, C);
+    return;
+  }
+  if (dtype == at::kHalf) {
+    gemv_t_cols_half<c10::Half>(static_cast<const c10::Half*>(w), static_cast<const c10::Half*>(a),
+                                static_cast<c10::Half*>(y), c0, c1, R, C);
+    return;
+  }
   if (dtype == at::kFloat) {
     gemv_t_cols<float>(static_cast<const float*>(w), static_cast<const float*>(a), static_cast<float*>(y), c0, c1,
                        R, C);
@@ -270,7 +337,7 @@ void gemv_t(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_
     gemv_t_cols<double>(static_cast<const double*>(w), static_cast<const double*>(a), static_cast<double*>(y), c0,
                         c1, R, C);
   } else {
-    TORCH_CHECK(false, "fastlstm: gemv_t supports float32 and float64, got ", dtype);
+    TORCH_CHECK(false, "fastlstm: gemv_t supports float32, float64, bfloat16 and float16, got ", dtype);
   }
 }
 
