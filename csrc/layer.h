@@ -349,9 +349,10 @@ struct AtenDevice {
   // Whether kAccGates applies to a layer of T steps: always, but a test device may switch it off to run
   // the storage-typed scheme, and the CPU takes it only where the weights' float32 copies pay off.
   static bool acc_gates_enabled(int64_t /*T*/) { return true; }
-  // kAccGrads: backward's GEMMs over all steps (grad_input, grad_w_ih, grad_w_hh, grad_w_hr) in float32 on
-  // float32 copies where kAccGates applies (the CPU, whose float32 GEMMs outrun its half-type ones); CUDA
-  // keeps them in the storage type on the tensor cores.
+  // kAccGrads: where kAccGates applies, the half types' GEMMs run on float32 copies (the CPU, whose float32
+  // GEMMs outrun its half-type ones): W_ih converted once per call for the input projection, and backward's
+  // GEMMs over all steps (grad_input, grad_w_ih, grad_w_hh, grad_w_hr) in float32; CUDA keeps the operands in
+  // the storage type on the tensor cores.
   static constexpr bool kAccGrads = false;
   // One op call's scope (a device guard, say): nothing by default.
   struct Call {
@@ -590,12 +591,14 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
     if (defined(a.b_hh)) a_bias.b_hh = a.b_hh->to(acc);
   }
   const Tensor bias = Cell::input_bias(a_bias, params);
+  // A device whose half-type GEMMs run on float32 copies (kAccGrads) gets W_ih's once per call, not per chunk.
+  const Tensor w_ih_in = acc_gates && Dev::kAccGrads ? a.w_ih.to(acc) : a.w_ih;
   auto project = [&](int64_t t_lo, int64_t n) {  // steps [t_lo, t_lo + n) into gates[0, n) or pre[0, n)
     if (n * B == 0) return;
     Tensor x2d = a.input.narrow(0, t_lo, n).reshape({n * B, I});
     if (acc_gates) {
       Tensor pre2d = pre.narrow(0, 0, n).view({n * B, G});
-      if constexpr (Dev::kAccGates) Dev::input_mm_acc(pre2d, x2d, a.w_ih, bias);
+      if constexpr (Dev::kAccGates) Dev::input_mm_acc(pre2d, x2d, w_ih_in, bias);
       Cell::template project_epilogue<Dev>(gates, pre2d, saved, t_lo, n, params);
       return;
     }

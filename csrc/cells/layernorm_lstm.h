@@ -69,7 +69,7 @@ struct LnInputNorm {
       if (a.stats != nullptr) e.once([&] { a.stats[r * 4] = rstd; });
     };
     if (a.pre != nullptr) {
-      body(a.pre + r * G);
+      body(a.pre + r * G);  // normalised in place: the pass's own scratch
     } else {
       body(a.gates + r * G);
     }

@@ -44,11 +44,7 @@ struct LstmForward {
         L.store(h + j, hn);
       });
     };
-    if (a.pre != nullptr) {
-      body(a.pre + b * 4 * H);
-    } else {
-      body(static_cast<const S*>(g));
-    }
+    with_inputs(a.pre, static_cast<const S*>(a.gates), b * 4 * H, body);
   }
 };
 

@@ -38,5 +38,17 @@
 namespace fastlstm {
 namespace cells {
 using math::acc_of;
+
+// body(x) with x a forward pass's input pre-activations, `offset` elements in: the float32 ones where the
+// layer keeps them (pre, non-null), else the storage-typed gates the pass then overwrites in place. One
+// branch per row, so the lanes' loops stay branch-free.
+template <typename S, typename A, class F>
+FASTLSTM_HOST_DEVICE inline void with_inputs(const A* pre, const S* gates, int64_t offset, const F& body) {
+  if (pre != nullptr) {
+    body(pre + offset);
+  } else {
+    body(gates + offset);
+  }
+}
 }  // namespace cells
 }  // namespace fastlstm

@@ -43,11 +43,7 @@ struct PeepholeForwardDiag {
         L.store(a.h + r + j, hn);
       });
     };
-    if (a.pre != nullptr) {
-      body(a.pre + b * 4 * H);
-    } else {
-      body(static_cast<const S*>(g));
-    }
+    with_inputs(a.pre, static_cast<const S*>(a.gates), b * 4 * H, body);
   }
 };
 
@@ -78,11 +74,7 @@ struct PeepholeForwardC {
         L.store(a.c + r + j, cn);
       });
     };
-    if (a.pre != nullptr) {
-      body(a.pre + b * 4 * H);
-    } else {
-      body(static_cast<const S*>(g));
-    }
+    with_inputs(a.pre, static_cast<const S*>(a.gates), b * 4 * H, body);
   }
 };
 
@@ -110,11 +102,7 @@ struct PeepholeForwardH {
         L.store(a.h + r + j, hn);
       });
     };
-    if (a.pre != nullptr) {
-      body(a.pre + b * 4 * H + 3 * H);
-    } else {
-      body(static_cast<const S*>(go));
-    }
+    with_inputs(a.pre, static_cast<const S*>(a.gates), b * 4 * H + 3 * H, body);
   }
 };
 

@@ -100,7 +100,8 @@ struct CpuDevice : AtenDevice {
   static bool acc_gates_enabled(int64_t T) { return T >= kMinPackedSteps; }
   static constexpr bool kAccGrads = true;
 
-  // pre2d [R, G] float32 = x2d [R, I] @ w_ih^T (+ bias [G] float32), x2d and w_ih half-typed.
+  // pre2d [R, G] float32 = x2d [R, I] @ w_ih^T (+ bias [G] float32), x2d half-typed, w_ih float32 (the
+  // driver's once-per-call copy, kAccGrads) or half-typed.
   static void input_mm_acc(const Tensor& pre2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
     input_mm(pre2d, x2d.to(at::kFloat), w_ih.to(at::kFloat), bias);
   }
@@ -161,24 +162,17 @@ struct CpuDevice : AtenDevice {
     // out [B, N] float32 (+)= h [B, K] half-typed @ w^T, in float32 on w's float32 copy (made on first use,
     // packed like a float32 weight).
     void forward_acc(const Tensor& out, const Tensor& h, bool accumulate) const {
-      if (!w_acc_.defined()) {
-        w_acc_ = w_.to(at::kFloat).contiguous();
-        packable_acc_ = packable(w_acc_, B_, T_);
-      }
-      forward_with(w_acc_, packable_acc_, fwd_acc_, out, h.to(at::kFloat), accumulate);
+      const Tensor& w = acc_weights();  // sets packable_acc_: before it is read
+      forward_with(w, packable_acc_, fwd_acc_, out, h.to(at::kFloat), accumulate);
     }
 
     void backward(const Tensor& out, const Tensor& dg, bool accumulate) const {
-      Tensor& o = const_cast<Tensor&>(out);
       if (acc_gates_enabled(T_) && at::isReducedFloatingType(w_.scalar_type())) {
-        // Half types as forward_acc: float32 on the float32 copy (packed for dg @ w), rounded once into out.
-        if (!w_acc_.defined()) {
-          w_acc_ = w_.to(at::kFloat).contiguous();
-          packable_acc_ = packable(w_acc_, B_, T_);
-        }
-        const Tensor dga = dg.to(at::kFloat);
-        const Tensor d = packable_acc_ ? linear(w_acc_, bwd_acc_, dga, [](const Tensor& w) { return w.t().contiguous(); })
-                                       : at::mm(dga, w_acc_);
+        // Half types as forward_acc: float32 on the float32 copy, rounded once into out.
+        const Tensor d = at::empty(out.sizes(), out.options().dtype(at::kFloat));
+        const Tensor& w = acc_weights();
+        backward_with(w, packable_acc_, bwd_acc_, d, dg.to(at::kFloat), /*accumulate=*/false);
+        Tensor& o = const_cast<Tensor&>(out);
         if (accumulate) {
           o.add_(d);
         } else {
@@ -186,33 +180,47 @@ struct CpuDevice : AtenDevice {
         }
         return;
       }
-      if (!accumulate && dg.size(0) == 1 && gemv_ok(dg, w_) && o.is_contiguous()) {
-        const int64_t R = w_.size(0), C = w_.size(1);
-        const auto fn = gemv_kernels().gemv_t;
-        const auto dtype = dg.scalar_type();
-        const void* w = w_.data_ptr();
-        const void* a = dg.data_ptr();
-        void* y = o.data_ptr();
-        at::parallel_for(0, C, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, R)),
-                         [&](int64_t c0, int64_t c1) { fn(dtype, w, a, y, c0, c1, R, C); });
-      } else if (packable_) {
-        const Tensor d = linear(w_, bwd_, dg, [](const Tensor& w) { return w.t().contiguous(); });
-        if (accumulate) {
-          o.add_(d);
-        } else {
-          o.copy_(d);
-        }
-      } else if (accumulate) {
-        o.addmm_(dg, w_);
-      } else {
-        at::mm_out(o, dg, w_);
-      }
+      backward_with(w_, packable_, bwd_, out, dg, accumulate);
     }
 
    private:
     struct Packed {
       Tensor ori, packed;  // ori: the [N, K] operand in linear's layout (contiguous); packed: MKL's reorder
     };
+    // w in float32 for the half types' float32 products, made once per op call.
+    const Tensor& acc_weights() const {
+      if (!w_acc_.defined()) {
+        w_acc_ = w_.to(at::kFloat).contiguous();
+        packable_acc_ = packable(w_acc_, B_, T_);
+      }
+      return w_acc_;
+    }
+    // out [B, K] (+)= dg [B, N] @ w, out, dg and w of one dtype.
+    void backward_with(const Tensor& w, bool packable, Packed& p, const Tensor& out, const Tensor& dg,
+                       bool accumulate) const {
+      Tensor& o = const_cast<Tensor&>(out);
+      if (!accumulate && dg.size(0) == 1 && gemv_ok(dg, w) && o.is_contiguous()) {
+        const int64_t R = w.size(0), C = w.size(1);
+        const auto fn = gemv_kernels().gemv_t;
+        const auto dtype = dg.scalar_type();
+        const void* wp = w.data_ptr();
+        const void* a = dg.data_ptr();
+        void* y = o.data_ptr();
+        at::parallel_for(0, C, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, R)),
+                         [&](int64_t c0, int64_t c1) { fn(dtype, wp, a, y, c0, c1, R, C); });
+      } else if (packable) {
+        const Tensor d = linear(w, p, dg, [](const Tensor& x) { return x.t().contiguous(); });
+        if (accumulate) {
+          o.add_(d);
+        } else {
+          o.copy_(d);
+        }
+      } else if (accumulate) {
+        o.addmm_(dg, w);
+      } else {
+        at::mm_out(o, dg, w);
+      }
+    }
     void forward_with(const Tensor& w, bool packable, Packed& p, const Tensor& out, const Tensor& h,
                       bool accumulate) const {
       Tensor& o = const_cast<Tensor&>(out);
