@@ -318,6 +318,8 @@ struct SeqForwardCall {
   Tensor h0, c0;           // [B, H] S, [B, H] A, contiguous
   typename Cell::Saved* saved;
   const typename Cell::Params* params;
+  Tensor bias;             // [G] (A with `pre`, else S) where the Sequence adds the folded input bias itself
+                           // (adds_bias()): the projection then has none; else undefined
 };
 template <class Cell>
 struct SeqBackwardCall {
@@ -330,6 +332,67 @@ struct SeqBackwardCall {
   const typename Cell::SavedIn* saved;
   const typename Cell::Params* params;
 };
+
+// The framework-free arguments of a whole-sequence launch (cells/sequence.h) from one call's tensors, for
+// every device's Sequence. S: the device's storage type for the input's dtype (c10::BFloat16 on the CPU,
+// __nv_bfloat16 on CUDA: the same bits). The scratch a device keeps for itself (hbuf, rec; dgbuf, dh, direct,
+// dcbuf) comes in as tensors, undefined where it keeps none.
+template <class Cell, typename S>
+cells::SeqForwardArgs<S> seq_forward_args(const SeqForwardCall<Cell>& c, const Dims& d, bool reverse,
+                                          const Tensor& w_hh, const Tensor& hbuf, const Tensor& rec) {
+  using A = math::acc_of<S>;
+  cells::SeqForwardArgs<S> q{};
+  q.w_hh = ptr<const S>(w_hh);
+  q.gates = ptr<S>(c.gates);
+  q.t_lo = c.t_lo;
+  q.pre = c.pre.defined() ? ptr<A>(c.pre) : nullptr;
+  q.gate_slots = c.gates.size(0);
+  q.rec = rec.defined() && !c.pre.defined() ? ptr<S>(rec) : nullptr;
+  q.rec_acc = rec.defined() && c.pre.defined() ? ptr<A>(rec) : nullptr;
+  q.hbuf = ptr_or_null<S>(hbuf);
+  q.out = ptr<S>(c.output);
+  q.cells = ptr_or_null<A>(c.cells);
+  q.cell_slots = c.cells.defined() ? c.cells.size(0) : 0;
+  q.c0 = ptr_or_null<const A>(c.c0);
+  q.T = d.T;
+  q.B = d.B;
+  q.H = d.H;
+  q.s0 = c.s0;
+  q.s1 = c.s1;
+  q.reverse = reverse;
+  Cell::seq_forward_extra(q, *c.saved, *c.params);
+  return q;
+}
+
+template <class Cell, typename S>
+cells::SeqBackwardArgs<S> seq_backward_args(const SeqBackwardCall<Cell>& c, const Dims& d, bool reverse,
+                                            const Tensor& w_hh, const Tensor& dgbuf, const Tensor& dh,
+                                            const Tensor& direct, const Tensor& dcbuf) {
+  using A = math::acc_of<S>;
+  cells::SeqBackwardArgs<S> q{};
+  q.w_hh = ptr<const S>(w_hh);
+  q.gates = ptr<const S>(c.gates);
+  q.cells = ptr_or_null<const A>(c.cells);
+  q.c0 = ptr_or_null<const A>(c.c0);
+  q.h_prev_all = ptr_or_null<const S>(c.h_prev_all);
+  q.gout = ptr<const S>(c.gout);
+  q.grad_h_n = ptr<const S>(c.grad_h_n);
+  q.grad_c_n = ptr_or_null<const A>(c.grad_c_n);
+  q.dgx = ptr<S>(c.dgx);
+  q.dgh = ptr<S>(c.dgh);
+  q.dgbuf = ptr_or_null<S>(dgbuf);
+  q.dh = ptr_or_null<S>(dh);
+  q.direct = ptr_or_null<S>(direct);
+  q.dcbuf = ptr_or_null<A>(dcbuf);
+  q.grad_h0 = ptr<S>(c.grad_h0);
+  q.grad_c0 = ptr_or_null<A>(c.grad_c0);
+  q.T = d.T;
+  q.B = d.B;
+  q.H = d.H;
+  q.reverse = reverse;
+  Cell::seq_backward_extra(q, *c.saved, *c.params);
+  return q;
+}
 
 // What a device has unless it says otherwise: the four floating dtypes, the input projection and the
 // recurrent products as plain ATen GEMMs (cuBLAS on CUDA, on the current stream). The CPU device replaces
@@ -372,6 +435,7 @@ struct AtenDevice {
     Sequence(const LayerArgs&, const Dims&, const typename Cell::Params&, bool /*backward*/) {}
     explicit operator bool() const { return false; }
     int64_t chunk_elems() const { return 0; }  // inference: elements of projected gates per launch
+    bool adds_bias() const { return false; }    // whether forward adds the input bias (SeqForwardCall::bias)
     void forward(const SeqForwardCall<Cell>&) {}
     void backward(const SeqBackwardCall<Cell>&) {}
   };
@@ -593,17 +657,21 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   const Tensor bias = Cell::input_bias(a_bias, params);
   // A device whose half-type GEMMs run on float32 copies (kAccGrads) gets W_ih's once per call, not per chunk.
   const Tensor w_ih_in = acc_gates && Dev::kAccGrads ? a.w_ih.to(acc) : a.w_ih;
+  // A Sequence that adds the bias in its own epilogue spares the projection's GEMM the copy of the bias into
+  // every row of its output (ATen's addmm writes it first: ~12% of a B=16, H=64 inference call).
+  const bool seq_bias = seq && seq.adds_bias() && bias.defined();
+  const Tensor proj_bias = seq_bias ? Tensor() : bias;
   auto project = [&](int64_t t_lo, int64_t n) {  // steps [t_lo, t_lo + n) into gates[0, n) or pre[0, n)
     if (n * B == 0) return;
     Tensor x2d = a.input.narrow(0, t_lo, n).reshape({n * B, I});
     if (acc_gates) {
       Tensor pre2d = pre.narrow(0, 0, n).view({n * B, G});
-      if constexpr (Dev::kAccGates) Dev::input_mm_acc(pre2d, x2d, w_ih_in, bias);
+      if constexpr (Dev::kAccGates) Dev::input_mm_acc(pre2d, x2d, w_ih_in, proj_bias);
       Cell::template project_epilogue<Dev>(gates, pre2d, saved, t_lo, n, params);
       return;
     }
     Tensor g2d = gates.narrow(0, 0, n).view({n * B, G});
-    Dev::input_mm(g2d, x2d, a.w_ih, bias);
+    Dev::input_mm(g2d, x2d, a.w_ih, proj_bias);
     Cell::template project_epilogue<Dev>(g2d, Tensor(), saved, t_lo, n, params);
   };
 
@@ -636,7 +704,8 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
       const int64_t n = std::min(chunk, T - s);
       t_lo = a.reverse ? T - s - n : s;
       project(t_lo, n);
-      seq.forward(SeqForwardCall<Cell>{gates, pre, t_lo, s, s + n, output, cells, h_prev, c_prev, &saved, &params});
+      seq.forward(SeqForwardCall<Cell>{gates, pre, t_lo, s, s + n, output, cells, h_prev, c_prev, &saved, &params,
+                                       seq_bias ? bias : Tensor()});
     }
     if (T > 0) {
       const int64_t last = a.reverse ? 0 : T - 1;

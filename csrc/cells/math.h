@@ -19,6 +19,15 @@
 #define FASTLSTM_HOST_DEVICE
 #endif
 
+// The instruction set of the cell functions below (the templates over an activation set Act): the CPU's
+// per-ISA kernel files define it before including this header, so those templates, instantiated there only
+// with that file's own Act and register types, are compiled for its ISA and the SIMD activations inline
+// into them (compiled for the baseline, each register op was an out-of-line call). The plain inline
+// functions keep the baseline: the linker keeps one copy of them for every file.
+#ifndef FASTLSTM_ISA_FN
+#define FASTLSTM_ISA_FN
+#endif
+
 namespace fastlstm {
 namespace math {
 
@@ -96,7 +105,7 @@ FASTLSTM_HOST_DEVICE inline Lanes<T, N> tanh_(const Lanes<T, N>& a) {
 // One cell, forward. Inputs are the four pre-activations and the previous cell state; outputs are the
 // activated gates (saved for backward), the new cell state and the (unprojected) hidden state.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void cell_forward(T xi, T xf, T xg, T xo, T c_prev, T& i, T& f, T& g, T& o, T& c,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void cell_forward(T xi, T xf, T xg, T xo, T c_prev, T& i, T& f, T& g, T& o, T& c,
                                               T& h) {
   i = Act::sigmoid(xi);
   f = Act::sigmoid(xf);
@@ -110,7 +119,7 @@ FASTLSTM_HOST_DEVICE inline void cell_forward(T xi, T xf, T xg, T xo, T c_prev, 
 // gradient dh reaching the (unprojected) hidden state and dc_next reaching the cell state from the step
 // after, produce the gradients of the four pre-activations and of c_prev.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_next, T& dxi,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void cell_backward(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_next, T& dxi,
                                                T& dxf, T& dxg, T& dxo, T& dc_prev) {
   const T one(1);
   const T tc = Act::tanh(c);
@@ -133,7 +142,7 @@ namespace gru {
 // One cell, forward: the pre-activations and the previous state in; the activated gates (saved for
 // backward) and the new state out. h' is written n + z * (h - n), ATen's form, for matching rounding.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void cell_forward(T xr, T xz, T xn, T hr, T hz, T hn, T h_prev, T& r, T& z, T& n,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void cell_forward(T xr, T xz, T xn, T hr, T hz, T hn, T h_prev, T& r, T& z, T& n,
                                               T& h) {
   r = Act::sigmoid(xr + hr);
   z = Act::sigmoid(xz + hz);
@@ -146,7 +155,7 @@ FASTLSTM_HOST_DEVICE inline void cell_forward(T xr, T xz, T xn, T hr, T hz, T hn
 // recurrent n pre-activation (dhn; those of hr, hz equal dxr, dxz), and the direct part of dh_prev
 // (dh * z; the rest is the recurrent GEMM).
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void cell_backward(T r, T z, T n, T hn, T h_prev, T dh, T& dxr, T& dxz, T& dxn,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void cell_backward(T r, T z, T n, T hn, T h_prev, T dh, T& dxr, T& dxz, T& dxn,
                                                T& dhn, T& dh_prev) {
   const T one(1);
   dxn = dh * (one - z) * (one - n * n);
@@ -183,7 +192,7 @@ namespace math {
 // First half of a peephole cell, forward: i, f (their peephole terms already in xi, xf), g and the new
 // cell state.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void peephole_forward_c(T xi, T xf, T xg, T c_prev, T& i, T& f, T& g, T& c) {
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void peephole_forward_c(T xi, T xf, T xg, T c_prev, T& i, T& f, T& g, T& c) {
   i = Act::sigmoid(xi);
   f = Act::sigmoid(xf);
   g = Act::tanh(xg);
@@ -192,14 +201,14 @@ FASTLSTM_HOST_DEVICE inline void peephole_forward_c(T xi, T xf, T xg, T c_prev, 
 
 // Second half, forward: the output gate (its peephole term on the NEW cell state already in xo) and h.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void peephole_forward_h(T xo, T c, T& o, T& h) {
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void peephole_forward_h(T xo, T c, T& o, T& h) {
   o = Act::sigmoid(xo);
   h = o * Act::tanh(c);
 }
 
 // One diagonal-peephole cell, forward; p_i, p_f, p_o are this unit's peephole weights.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void peephole_cell_forward(T xi, T xf, T xg, T xo, T c_prev, T p_i, T p_f, T p_o,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void peephole_cell_forward(T xi, T xf, T xg, T xo, T c_prev, T p_i, T p_f, T p_o,
                                                        T& i, T& f, T& g, T& o, T& c, T& h) {
   peephole_forward_c<T, Act>(xi + p_i * c_prev, xf + p_f * c_prev, xg, c_prev, i, f, g, c);
   peephole_forward_h<T, Act>(xo + p_o * c, c, o, h);
@@ -209,7 +218,7 @@ FASTLSTM_HOST_DEVICE inline void peephole_cell_forward(T xi, T xf, T xg, T xo, T
 // the output gate's pre-activation gradient dxo and the gradient of c through h only. The output gate's
 // peephole path (dxo . p_o) still has to be added to dc.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void peephole_backward_h(T o, T c, T dh, T dc_next, T& dxo, T& dc) {
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void peephole_backward_h(T o, T c, T dh, T dc_next, T& dxo, T& dc) {
   const T one(1);
   const T tc = Act::tanh(c);
   dxo = dh * tc * o * (one - o);
@@ -220,7 +229,7 @@ FASTLSTM_HOST_DEVICE inline void peephole_backward_h(T o, T c, T dh, T dc_next, 
 // g and the gradient of c_prev through the cell update only. The i and f peephole paths
 // (dxi . p_i + dxf . p_f) still have to be added to dc_prev.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void peephole_backward_c(T i, T f, T g, T c_prev, T dc, T& dxi, T& dxf, T& dxg,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void peephole_backward_c(T i, T f, T g, T c_prev, T dc, T& dxi, T& dxf, T& dxg,
                                                      T& dc_prev) {
   const T one(1);
   dxi = dc * g * i * (one - i);
@@ -233,7 +242,7 @@ FASTLSTM_HOST_DEVICE inline void peephole_backward_c(T i, T f, T g, T c_prev, T 
 // The peephole weights' own gradients are sums over steps and batch of dxi * c_prev, dxf * c_prev and
 // dxo * c; the layer driver forms them after the step loop.
 template <typename T, typename Act = ScalarAct>
-FASTLSTM_HOST_DEVICE inline void peephole_cell_backward(T i, T f, T g, T o, T c, T c_prev, T p_i, T p_f, T p_o,
+FASTLSTM_HOST_DEVICE FASTLSTM_ISA_FN inline void peephole_cell_backward(T i, T f, T g, T o, T c, T c_prev, T p_i, T p_f, T p_o,
                                                         T dh, T dc_next, T& dxi, T& dxf, T& dxg, T& dxo,
                                                         T& dc_prev) {
   T dc;

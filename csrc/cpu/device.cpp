@@ -12,6 +12,7 @@
 
 #include "../cells/ops.h"
 #include "rows.h"
+#include "sequence.h"
 
 namespace fastlstm {
 namespace cpu {
@@ -51,6 +52,23 @@ const GemvKernels& gemv_kernels() {
                                                     : isa_DEFAULT::gemv_kernels();
   return k;
 }
+
+}  // namespace
+
+template <class Seq, typename S>
+SeqKernels<Seq, S> seq_kernels() {
+  switch (isa()) {
+    case Isa::AVX512:
+      return {&isa_AVX512::seq_forward_step<Seq, S>, &isa_AVX512::seq_backward_step<Seq, S>};
+    case Isa::AVX2:
+      return {&isa_AVX2::seq_forward_step<Seq, S>, &isa_AVX2::seq_backward_step<Seq, S>};
+    default:
+      return {&isa_DEFAULT::seq_forward_step<Seq, S>, &isa_DEFAULT::seq_backward_step<Seq, S>};
+  }
+}
+bool seq_simd() { return isa() != Isa::DEFAULT; }
+
+namespace {
 
 template <typename T>
 struct TypeTag {
@@ -99,6 +117,9 @@ struct CpuDevice : AtenDevice {
   static constexpr bool kAccGates = true;
   static bool acc_gates_enabled(int64_t T) { return T >= kMinPackedSteps; }
   static constexpr bool kAccGrads = true;
+  // A layer's whole step loop in one parallel region, weights resident per thread (sequence.h).
+  template <class Cell>
+  using Sequence = CpuSequence<Cell>;
 
   // pre2d [R, G] float32 = x2d [R, I] @ w_ih^T (+ bias [G] float32), x2d half-typed, w_ih float32 (the
   // driver's once-per-call copy, kAccGrads) or half-typed.

@@ -35,11 +35,38 @@ struct GemvKernels {
   const char* isa;  // "DEFAULT", "AVX2" or "AVX512"
 };
 
+// How the whole-sequence path (sequence.h) splits a layer over threads: `blocks` slices of `units` hidden
+// units each (the last may have fewer), every slice with all its gates. A block's weights are packed once per
+// op call into a dense float32 [k, n] panel, k the product's reduction length and n its columns:
+//   forward  k = H,     n = gates * upad, column gate * upad + u = W_hh[gate * H + lo + u, :]
+//   backward k = G = gates * H, n = upad, column u = W_hh[:, lo + u]
+// upad: units rounded up to 16 (the SIMD width of every ISA divides it); padded columns are zero.
+struct SeqPlan {
+  int64_t blocks = 0, units = 0, upad = 0, k = 0, n = 0;
+};
+
+// One block's share of processing step s (sequence.h runs every block between per-step barriers).
+// forward: w the block's panel, tile [B, n] float32 scratch of its own; h0 [B, H] the state step 0 starts from;
+// bias [G] float32 or null: the input bias, added here where the projection left it out.
+// backward: s = T-1 .. 0, then s = -1 for grad_h0 / grad_c0.
+template <class Seq, typename S>
+using SeqForwardFn = void (*)(const cells::SeqForwardArgs<S>& q, const S* h0, const float* bias, const float* w,
+                              float* tile, const SeqPlan& p, int64_t block, int64_t s);
+template <class Seq, typename S>
+using SeqBackwardFn = void (*)(const cells::SeqBackwardArgs<S>& q, const float* w, float* tile, const SeqPlan& p,
+                               int64_t block, int64_t s);
+
 #define FASTLSTM_DECLARE_ISA(NS)                                                                    \
   namespace NS {                                                                                    \
   template <class Pass, typename S>                                                                 \
   void rows(const typename Pass::template Args<S>& a, int64_t b0, int64_t b1, int64_t H);           \
   GemvKernels gemv_kernels();                                                                       \
+  template <class Seq, typename S>                                                                  \
+  void seq_forward_step(const cells::SeqForwardArgs<S>& q, const S* h0, const float* bias,         \
+                        const float* w, float* tile, const SeqPlan& p, int64_t block, int64_t s);   \
+  template <class Seq, typename S>                                                                  \
+  void seq_backward_step(const cells::SeqBackwardArgs<S>& q, const float* w, float* tile,           \
+                         const SeqPlan& p, int64_t block, int64_t s);                               \
   }
 FASTLSTM_DECLARE_ISA(isa_DEFAULT)
 FASTLSTM_DECLARE_ISA(isa_AVX2)

@@ -26,9 +26,15 @@
 #include <type_traits>
 #include <vector>
 
-// The cell math's scalar functions before the target pragma: compiled for the baseline ISA here as in every
-// file, so the copy the linker keeps runs anywhere. The passes (templates instantiated only here, with this
-// ISA's executor) come after it.
+// The cell math before the target pragma: its plain inline functions compiled for the baseline ISA here as
+// in every file, so the copy the linker keeps runs anywhere; its cell functions (templates over Act,
+// instantiated only here with this ISA's types) for this ISA through FASTLSTM_ISA_FN. The passes
+// (templates instantiated only here, with this ISA's executor) come after the pragma.
+#if defined(__GNUC__) && FASTLSTM_ISA_AVX512
+#define FASTLSTM_ISA_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#elif defined(__GNUC__) && FASTLSTM_ISA_AVX2
+#define FASTLSTM_ISA_FN __attribute__((target("avx2,fma,f16c")))
+#endif
 #include "../cells/math.h"
 
 #define FASTLSTM_CAT_(a, b) a##b
@@ -110,9 +116,16 @@ using at::vec::Vectorized;
 // step at B=32, H=512; the error it adds (~1e-6 relative) is far below what float32 LSTM parity tolerates.
 // exp_u20 clamps its input (min/max drop NaN), so NaN is put back: nn.LSTM propagates NaN and so must we.
 // float64 keeps the exact functions.
+// Forced inline: left to the heuristics, GCC calls them out of line (through the PLT, the registers spilled
+// to the stack per call), measured at ~13% of a B=16, H=64 inference call.
+#if defined(__GNUC__)
+#define FASTLSTM_VEC_INLINE __attribute__((always_inline)) inline
+#else
+#define FASTLSTM_VEC_INLINE inline
+#endif
 struct VecAct {
   template <typename V>
-  static V exp_fast(V x) {
+  FASTLSTM_VEC_INLINE static V exp_fast(V x) {
     if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
       return V::blendv(x.exp_u20(), x, x.isnan());
     } else {
@@ -120,11 +133,11 @@ struct VecAct {
     }
   }
   template <typename V>
-  static V sigmoid(V x) {
+  FASTLSTM_VEC_INLINE static V sigmoid(V x) {
     return V(1) / (V(1) + exp_fast(x.neg()));
   }
   template <typename V>
-  static V tanh(V x) {
+  FASTLSTM_VEC_INLINE static V tanh(V x) {
     if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
       // tanh(x) = 1 - 2 / (e^{2x} + 1): saturates to +-1 where e^{2x} clamps, and is NaN for NaN.
       return V(1) - V(2) / (exp_fast(x + x) + V(1));
@@ -340,6 +353,235 @@ void gemv_t(c10::ScalarType dtype, const void* w, const void* a, void* y, int64_
     TORCH_CHECK(false, "fastlstm: gemv_t supports float32, float64, bfloat16 and float16, got ", dtype);
   }
 }
+
+
+// ------------------------------------------------------------------------------------------------------
+// The whole-sequence path's step kernels (sequence.h): one block's product on its packed weight panel,
+// straight into float32 registers, then the cell's own pass on its units only.
+
+// Runs a pass's unit loops on units [lo, hi) of a row: SIMD lanes, then the scalar tail. Passes with row
+// sums need the whole row, so they never run here (the plan declines their cells).
+template <typename A>
+struct SliceExec {
+  int64_t lo, hi;
+  template <class F>
+  void for_units(int64_t n, const F& f) const {
+    constexpr int64_t W = VecLane<A>::width;
+    const int64_t end = std::min(n, hi);
+    int64_t j = lo;
+    for (; j + W <= end; j += W) f(j, VecLane<A>{});
+    for (; j < end; ++j) f(j, ScalarLane<A>{});
+  }
+  template <class F>
+  A sum(int64_t, const F&) const {
+    return A(0);  // unreachable: see the static_assert in seq_rows
+  }
+  template <class F>
+  void once(const F& f) const {
+    f();
+  }
+};
+
+template <class Pass, typename S>
+void seq_rows(const typename Pass::template Args<S>& a, int64_t lo, int64_t hi, int64_t B, int64_t H) {
+  static_assert(!Pass::kRowReduce, "a block owns a slice of the units: passes with row sums cannot run there");
+  const SliceExec<math::acc_of<S>> e{lo, hi};
+  for (int64_t b = 0; b < B; ++b) Pass::template row<S>(e, a, b, H);
+}
+
+// The register tile: out [M, NV * W] = x [M, K] (row stride ldx, S) @ w [K, NV * W] (row stride ldw,
+// float32), every sum in float32 registers from k = 0 up (so the result does not depend on the tiling).
+template <int M, int NV, typename S>
+void seq_tile(const S* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, float* out, int64_t ldo) {
+  using V = Vectorized<float>;
+  constexpr int64_t W = V::size();
+  V acc[M][NV];
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < NV; ++j) acc[i][j] = V(0.0f);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = V::loadu(w + k * ldw + j * W);
+    for (int i = 0; i < M; ++i) {
+      const V a(static_cast<float>(x[i * ldx + k]));
+      for (int j = 0; j < NV; ++j) acc[i][j] = at::vec::fmadd(a, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < NV; ++j) acc[i][j].store(out + i * ldo + j * W);
+  }
+}
+
+// At most kSeqMR rows per tile; with M rows the tiles are balanced (M = 8: one 8-row tile, not 6 + 2: a
+// tile of few rows reads as much of the panel per FMA as a full one and runs at the cache's speed, not the
+// FMA units'). Register columns: at most 24 accumulators of AVX-512's 32 ZMM (8 x 3, 6 x 4), 8 of AVX2's 16.
+constexpr bool kSeqWide = Vectorized<float>::size() >= 16;
+constexpr int kSeqMR = kSeqWide ? 8 : 4;
+inline int seq_nv(int mr) { return kSeqWide ? (mr > 6 ? 3 : 4) : 2; }
+
+template <int M, typename S>
+void seq_tile_nv(int nv, const S* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, float* out) {
+  switch (nv) {
+    case 1: return seq_tile<M, 1, S>(x, ldx, w, ldw, K, out, ldw);
+    case 2: return seq_tile<M, 2, S>(x, ldx, w, ldw, K, out, ldw);
+    case 3: return seq_tile<M, 3, S>(x, ldx, w, ldw, K, out, ldw);
+    default: return seq_tile<M, 4, S>(x, ldx, w, ldw, K, out, ldw);
+  }
+}
+
+// out [M, N] float32 = x [M, K] (row stride ldx) @ w [K, N], N a multiple of the SIMD width. Columns outer,
+// rows inner: a column panel of w (K x nv*W floats) stays in L1/L2 while every row tile reads it. Half-typed
+// x is first widened to float32 in a buffer of the thread's own (SIMD conversions, once per element rather
+// than once per element and column panel; c10::Half's scalar conversion is a bit-twiddling function call).
+template <typename S>
+void seq_product(const S* x, int64_t ldx, int64_t M, const float* w, int64_t N, int64_t K, float* out) {
+  if constexpr (!std::is_same_v<S, float>) {
+    static thread_local std::vector<float> xf;
+    xf.resize(size_t(M * K));
+    constexpr int64_t W = Vectorized<float>::size();
+    for (int64_t m = 0; m < M; ++m) {
+      const S* src = x + m * ldx;
+      float* dst = xf.data() + m * K;
+      int64_t k = 0;
+      for (; k + W <= K; k += W) {
+        Vectorized<float> v;
+        at::vec::load_to_float(src + k, v);
+        v.store(dst + k);
+      }
+      for (; k < K; ++k) dst[k] = static_cast<float>(src[k]);
+    }
+    return seq_product<float>(xf.data(), K, M, w, N, K, out);
+  }
+  constexpr int64_t W = Vectorized<float>::size();
+  const int64_t nvec = N / W;
+  const int64_t tiles = (M + kSeqMR - 1) / kSeqMR;
+  const int mr = int((M + tiles - 1) / tiles);
+  const int nv_max = seq_nv(mr);
+  for (int64_t c = 0; c < nvec; c += nv_max) {
+    const int nv = int(std::min<int64_t>(nv_max, nvec - c));
+    for (int64_t r = 0; r < M; r += mr) {
+      const S* xr = x + r * ldx;
+      const float* wc = w + c * W;
+      float* o = out + r * N + c * W;
+      switch (std::min<int64_t>(mr, M - r)) {
+        case 1: seq_tile_nv<1, S>(nv, xr, ldx, wc, N, K, o); break;
+        case 2: seq_tile_nv<2, S>(nv, xr, ldx, wc, N, K, o); break;
+        case 3: seq_tile_nv<3, S>(nv, xr, ldx, wc, N, K, o); break;
+        case 4: seq_tile_nv<4, S>(nv, xr, ldx, wc, N, K, o); break;
+        case 5: seq_tile_nv<5, S>(nv, xr, ldx, wc, N, K, o); break;
+        case 6: seq_tile_nv<6, S>(nv, xr, ldx, wc, N, K, o); break;
+        case 7: seq_tile_nv<7, S>(nv, xr, ldx, wc, N, K, o); break;
+        default: seq_tile_nv<8, S>(nv, xr, ldx, wc, N, K, o); break;
+      }
+    }
+  }
+}
+
+// Forward step s, block `block`: tile = h_{t-1} @ its panel; the product joins the step's pre-activations
+// (float32 ones where the layer keeps them, else the storage-typed projection, rounded once as addmm_ does)
+// or the cell's separate recurrent operand, and the bias (if given) the pre-activations; then the cell's
+// forward pass on the block's units writes h_t straight into the output.
+template <class Seq, typename S>
+void seq_forward_step(const cells::SeqForwardArgs<S>& q, const S* h0, const float* bias, const float* w, float* tile,
+                      const SeqPlan& p, int64_t block, int64_t s) {
+  using A = math::acc_of<S>;
+  const int64_t B = q.B, H = q.H, G = Seq::kGates * H, t = q.step(s);
+  const int64_t lo = block * p.units, uc = std::min(p.units, H - lo);
+  const S* h_prev = s == 0 ? h0 : q.out + q.step(s - 1) * B * H;
+  S* h = q.out + t * B * H;
+  seq_product<S>(h_prev, H, B, w + block * p.k * p.n, p.n, H, tile);
+  S* g = q.gates_at(s, G);
+  A* pre = q.pre_at(s, G);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t gate = 0; gate < Seq::kGates; ++gate) {
+      const float* v = tile + b * p.n + gate * p.upad;
+      const int64_t i0 = b * G + gate * H + lo;
+      const float* bi = bias == nullptr ? nullptr : bias + gate * H + lo;
+      if constexpr (Seq::kSeparateRec) {
+        if (pre != nullptr) {
+          for (int64_t u = 0; u < uc; ++u) q.rec_acc[i0 + u] = v[u];
+          if (bi != nullptr) for (int64_t u = 0; u < uc; ++u) pre[i0 + u] += bi[u];
+        } else {
+          for (int64_t u = 0; u < uc; ++u) q.rec[i0 + u] = static_cast<S>(v[u]);
+          if (bi != nullptr) {
+            for (int64_t u = 0; u < uc; ++u) g[i0 + u] = static_cast<S>(static_cast<float>(g[i0 + u]) + bi[u]);
+          }
+        }
+      } else if (pre != nullptr) {
+        if (bi != nullptr) {
+          for (int64_t u = 0; u < uc; ++u) pre[i0 + u] += v[u] + bi[u];
+        } else {
+          for (int64_t u = 0; u < uc; ++u) pre[i0 + u] += v[u];
+        }
+      } else if (bi != nullptr) {
+        for (int64_t u = 0; u < uc; ++u) g[i0 + u] = static_cast<S>(static_cast<float>(g[i0 + u]) + (v[u] + bi[u]));
+      } else {
+        for (int64_t u = 0; u < uc; ++u) g[i0 + u] = static_cast<S>(static_cast<float>(g[i0 + u]) + v[u]);
+      }
+    }
+  }
+  seq_rows<typename Seq::Fwd, S>(Seq::template forward<S>(q, s, h_prev, h), lo, lo + uc, B, H);
+}
+
+// Backward step s (T-1 down to 0), block `block`: dh_t = grad_output_t + (grad_h_n at the last step, else
+// dgates_{t+1} @ its panel + the pass's direct part) on its units, then the cell's backward pass writes the
+// step's dgates straight into dgx / dgh. s = -1: grad_h0 = dgates_0 @ its panel (+ the direct part), grad_c0.
+template <class Seq, typename S>
+void seq_backward_step(const cells::SeqBackwardArgs<S>& q, const float* w, float* tile, const SeqPlan& p,
+                       int64_t block, int64_t s) {
+  using A = math::acc_of<S>;
+  const int64_t B = q.B, H = q.H, G = Seq::kGates * H;
+  const int64_t lo = block * p.units, uc = std::min(p.units, H - lo);
+  S* dg_all = Seq::kSeparateRec ? q.dgh : q.dgx;
+  const float* wb = w + block * p.k * p.n;
+  if (s < 0) {
+    seq_product<S>(dg_all + q.step(0) * B * G, G, B, wb, p.n, G, tile);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t u = 0; u < uc; ++u) {
+        const int64_t idx = b * H + lo + u;
+        A v = tile[b * p.n + u];
+        if constexpr (Seq::kDirectDh) v += static_cast<A>(q.direct[idx]);
+        q.grad_h0[idx] = static_cast<S>(v);
+        if constexpr (Seq::kHasC) q.grad_c0[idx] = q.dcbuf[idx];
+      }
+    }
+    return;
+  }
+  const int64_t t = q.step(s);
+  const bool last = s == q.T - 1;
+  if (!last) seq_product<S>(dg_all + q.step(s + 1) * B * G, G, B, wb, p.n, G, tile);
+  const S* go = q.gout + t * B * H;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t u = 0; u < uc; ++u) {
+      const int64_t idx = b * H + lo + u;
+      A v = static_cast<A>(go[idx]);
+      if (last) {
+        v += static_cast<A>(q.grad_h_n[idx]);
+      } else {
+        v += tile[b * p.n + u];
+        if constexpr (Seq::kDirectDh) v += static_cast<A>(q.direct[idx]);
+      }
+      q.dh[idx] = static_cast<S>(v);
+    }
+  }
+  const A* dc_next = Seq::kHasC ? (last ? q.grad_c_n : q.dcbuf + ((s + 1) % 2) * B * H) : nullptr;
+  A* dc_prev = Seq::kHasC ? q.dcbuf + (s % 2) * B * H : nullptr;
+  seq_rows<typename Seq::Bwd, S>(Seq::template backward<S>(q, s, dc_next, dg_all + t * B * G, dc_prev), lo,
+                                 lo + uc, B, H);
+}
+
+#define FASTLSTM_INSTANTIATE_SEQ_S(SEQ, S)                                                                     \
+  template void seq_forward_step<cells::SEQ, S>(const cells::SeqForwardArgs<S>&, const S*, const float*,      \
+                                                const float*, float*, const SeqPlan&, int64_t, int64_t);      \
+  template void seq_backward_step<cells::SEQ, S>(const cells::SeqBackwardArgs<S>&, const float*, float*,      \
+                                                 const SeqPlan&, int64_t, int64_t);
+#define FASTLSTM_INSTANTIATE_SEQ(SEQ)              \
+  FASTLSTM_INSTANTIATE_SEQ_S(SEQ, float)           \
+  FASTLSTM_INSTANTIATE_SEQ_S(SEQ, c10::BFloat16)   \
+  FASTLSTM_INSTANTIATE_SEQ_S(SEQ, c10::Half)
+FASTLSTM_SEQUENCES(FASTLSTM_INSTANTIATE_SEQ)
+#undef FASTLSTM_INSTANTIATE_SEQ
+#undef FASTLSTM_INSTANTIATE_SEQ_S
 
 GemvKernels gemv_kernels() { return {&gemv, &gemv_t, FASTLSTM_ISA_NAME}; }
 

@@ -45,6 +45,8 @@ class PersistentSequence {
   explicit operator bool() const { return plan_.ok; }
   // Inference projects the input this many gate elements at a time, one launch per chunk.
   int64_t chunk_elems() const { return Runner::chunk_elems(); }
+  // The bias stays in the input projection GEMM, as on the per-step path.
+  bool adds_bias() const { return false; }
 
   void forward(const SeqForwardCall<Cell>& c) {
     if constexpr (!std::is_void_v<Seq>) {
@@ -58,27 +60,7 @@ class PersistentSequence {
       }
       dispatch_storage(a_.input.scalar_type(), "fastlstm", [&](auto tag) {
         using S = typename decltype(tag)::type;
-        using A = math::acc_of<S>;
-        cells::SeqForwardArgs<S> q{};
-        q.w_hh = data_as<const S>(w_hh_);
-        q.gates = data_as<S>(c.gates);
-        q.t_lo = c.t_lo;
-        q.pre = c.pre.defined() ? data_as<A>(c.pre) : nullptr;
-        q.gate_slots = c.gates.size(0);
-        q.rec = rec_.defined() && !c.pre.defined() ? data_as<S>(rec_) : nullptr;
-        q.rec_acc = rec_.defined() && c.pre.defined() ? data_as<A>(rec_) : nullptr;
-        q.hbuf = data_as<S>(hbuf_);
-        q.out = data_as<S>(c.output);
-        q.cells = c.cells.defined() ? data_as<A>(c.cells) : nullptr;
-        q.cell_slots = c.cells.defined() ? c.cells.size(0) : 0;
-        q.c0 = c.c0.defined() ? data_as<const A>(c.c0) : nullptr;
-        q.T = d_.T;
-        q.B = B;
-        q.H = H;
-        q.s0 = c.s0;
-        q.s1 = c.s1;
-        q.reverse = a_.reverse;
-        Cell::seq_forward_extra(q, *c.saved, *c.params);
+        const cells::SeqForwardArgs<S> q = seq_forward_args<Cell, S>(c, d_, a_.reverse, w_hh_, hbuf_, rec_);
         Runner::template forward<Seq, S>(q, plan_, a_.input);
       });
     }
@@ -95,30 +77,8 @@ class PersistentSequence {
                                       : Tensor();
       dispatch_storage(a_.input.scalar_type(), "fastlstm", [&](auto tag) {
         using S = typename decltype(tag)::type;
-        using A = math::acc_of<S>;
-        auto cptr = [](const Tensor& t) { return t.defined() ? data_as<const A>(t) : nullptr; };
-        cells::SeqBackwardArgs<S> q{};
-        q.w_hh = data_as<const S>(w_hh_);
-        q.gates = data_as<const S>(c.gates);
-        q.cells = cptr(c.cells);
-        q.c0 = cptr(c.c0);
-        q.h_prev_all = c.h_prev_all.defined() ? data_as<const S>(c.h_prev_all) : nullptr;
-        q.gout = data_as<const S>(c.gout);
-        q.grad_h_n = data_as<const S>(c.grad_h_n);
-        q.grad_c_n = cptr(c.grad_c_n);
-        q.dgx = data_as<S>(c.dgx);
-        q.dgh = data_as<S>(c.dgh);
-        q.dgbuf = data_as<S>(dgbuf);
-        q.dh = data_as<S>(dh);
-        q.direct = direct.defined() ? data_as<S>(direct) : nullptr;
-        q.dcbuf = dcbuf.defined() ? data_as<A>(dcbuf) : nullptr;
-        q.grad_h0 = data_as<S>(c.grad_h0);
-        q.grad_c0 = c.grad_c0.defined() ? data_as<A>(c.grad_c0) : nullptr;
-        q.T = d_.T;
-        q.B = B;
-        q.H = H;
-        q.reverse = a_.reverse;
-        Cell::seq_backward_extra(q, *c.saved, *c.params);
+        const cells::SeqBackwardArgs<S> q =
+            seq_backward_args<Cell, S>(c, d_, a_.reverse, w_hh_, dgbuf, dh, direct, dcbuf);
         Runner::template backward<Seq, S>(q, plan_, a_.input);
       });
     }

@@ -1,0 +1,290 @@
+// The CPU's whole-sequence path (the layer driver's Dev::Sequence hook, csrc/layer.h): one parallel region
+// runs a layer's whole step loop, forward or backward, for the cells with a whole-sequence description
+// (csrc/cells/sequence.h: LSTM, GRU, the diagonal peephole LSTM), as the persistent CUDA kernel does on a GPU.
+//
+// Each thread owns a slice of the hidden units with all their gates (a block, SeqPlan in rows.h) and keeps
+// its slice of W_hh, packed once per op call into a float32 panel, in its own cache for the whole sequence.
+// Per step it computes its part of h_{t-1} W_hh^T (backward: dgates_{t+1} W_hh) in float32 registers
+// (rows_impl.h), adds it into the step's pre-activations, runs the cell's own pass (the same code as the
+// per-step path) on its units, and waits at one barrier. Per step that replaces a GEMM call, a pass launch
+// and the driver's slicing with the arithmetic and one barrier (measured on 2 threads, B=16, H=64, T=1000,
+// inference: 13.2 ms per call on the per-step path, 8.7 ms here).
+//
+// Taken for float32, bfloat16 and float16 layers without packed lengths or a projection (both would need a
+// second barrier per step) where it measured faster than the per-step path (seq_auto, kSeqPanelBytes);
+// FASTLSTM_CPU_SEQUENCE=0 turns it off, =1 takes it wherever it can run (tests), read per call.
+// The threads are ATen's OpenMP team: every chunk of an OpenMP parallel_for runs on its own thread at once,
+// so a barrier between them cannot deadlock; without OpenMP, or inside a parallel region (parallel_for runs
+// the whole range on the calling thread), the layer runs as one block.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Config.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "../layer.h"
+#include "rows.h"
+
+namespace fastlstm {
+namespace cpu {
+
+template <class Seq, typename S>
+struct SeqKernels {
+  SeqForwardFn<Seq, S> forward;
+  SeqBackwardFn<Seq, S> backward;
+};
+// This CPU's instruction set's kernels (device.cpp picks them as it picks the row kernels).
+template <class Seq, typename S>
+SeqKernels<Seq, S> seq_kernels();
+// Whether the instruction set has SIMD kernels (AVX2, AVX-512): the path is never taken automatically on
+// ATen's scalar fallback.
+bool seq_simd();
+
+// A barrier for the blocks of one layer call: each thread arrives once per step for all the blocks it runs.
+// Spins (the wait is well under a microsecond when every thread has a core), then yields, so a thread whose
+// partner was descheduled on a busy machine gives its core back.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int64_t total) : total_(total) {}
+  void arrive_and_wait(int64_t n) {
+    const int64_t gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(n, std::memory_order_acq_rel) + n == total_) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 2000) {
+#if defined(__x86_64__) || defined(_M_X64)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  std::atomic<int64_t> count_{0};
+  std::atomic<int64_t> gen_{0};
+  const int64_t total_;
+};
+
+// f(block, i) for phases i in [0, phases), every block of a phase before any of the next.
+template <class F>
+void run_phases(int64_t blocks, int64_t phases, const F& f) {
+  if (blocks == 1) {
+    for (int64_t i = 0; i < phases; ++i) f(0, i);
+    return;
+  }
+  SpinBarrier barrier(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i = 0; i < phases; ++i) {
+      for (int64_t k = b0; k < b1; ++k) f(k, i);
+      if (i + 1 < phases) barrier.arrive_and_wait(b1 - b0);
+    }
+  });
+}
+
+// Where the path measured faster than the per-step one (2 threads, float32, bfloat16 and float16, T = 50-200):
+// blocks' panels up to 128 KiB (H <= 128 on 2 threads: inference 1.2-1.45x, training 1.0-1.2x, B = 1 to 256);
+// at H = 256 (512 KiB) MKL's packed per-step GEMMs, which block for the caches themselves, win inference by
+// ~10% and tie training. The bound is on the panel so that fewer threads (larger panels) fall back alike.
+constexpr int64_t kSeqPanelBytes = int64_t(256) << 10;
+constexpr int64_t kSeqMaxBatch = 256;
+
+// FASTLSTM_CPU_SEQUENCE: 0 off, 1 wherever it can run, unset (or anything else) where it measured faster.
+inline int seq_mode() {
+  const char* v = std::getenv("FASTLSTM_CPU_SEQUENCE");
+  if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
+  if (v != nullptr && std::strcmp(v, "1") == 0) return 1;
+  return 2;
+}
+
+// The plan for B rows of H units on `threads` threads; blocks == 0: the layer takes the per-step path.
+inline SeqPlan seq_plan(int64_t B, int64_t H, int64_t gates, bool backward, int64_t threads) {
+  SeqPlan p;
+  threads = std::max<int64_t>(1, std::min(threads, (H + 15) / 16));
+  p.units = (H + threads - 1) / threads;
+  p.upad = (p.units + 15) / 16 * 16;
+  if (p.units > 16) p.units = p.upad;  // whole SIMD registers per block where there are enough units
+  p.blocks = (H + p.units - 1) / p.units;
+  p.k = backward ? gates * H : H;
+  p.n = backward ? p.upad : gates * p.upad;
+  (void)B;
+  return p;
+}
+
+template <class Cell>
+class CpuSequence {
+  using Seq = typename Cell::Seq;
+
+ public:
+  CpuSequence(const LayerArgs& a, const Dims& d, const typename Cell::Params& params, bool backward)
+      : a_(a), d_(d), backward_(backward) {
+    if constexpr (!std::is_void_v<Seq>) {
+      const auto dt = a.input.scalar_type();
+      if (!(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf)) return;
+      if (defined(a.lengths) || defined(a.w_hr) || d.T == 0 || d.B == 0 || !Cell::seq_ok(params)) return;
+      const int mode = seq_mode();
+      if (mode == 0) return;
+      int64_t threads = 1;
+#if AT_PARALLEL_OPENMP
+      if (!at::in_parallel_region()) threads = at::get_num_threads();
+#endif
+      SeqPlan p = seq_plan(d.B, d.H, Seq::kGates, backward, threads);
+      if (mode == 2 && !seq_auto(d, p)) return;
+      plan_ = p;
+    }
+  }
+  explicit operator bool() const { return plan_.blocks > 0; }
+  // Inference projects 2^18 gate elements (1 MiB in float32) at a time, so that a step's projection is still
+  // in L2 when its step reads it (the per-step path's 8 MiB chunks are not: their loads missed, ~16% of the
+  // step at B=16, H=64); at small batches that is still a GEMM of hundreds of rows.
+  int64_t chunk_elems() const { return int64_t(1) << 18; }
+  bool adds_bias() const { return true; }
+
+  void forward(const SeqForwardCall<Cell>& c) {
+    if constexpr (!std::is_void_v<Seq>) {
+      pack();
+      const auto opts = a_.input.options();
+      if (Seq::kSeparateRec && !rec_.defined()) {
+        rec_ = at::empty({d_.B, d_.G}, c.pre.defined() ? opts.dtype(c.pre.scalar_type()) : opts);
+      }
+      const Tensor tiles = at::empty({plan_.blocks, d_.B, plan_.n}, opts.dtype(at::kFloat));
+      dispatch([&](auto tag) {
+        using S = typename decltype(tag)::type;
+        const cells::SeqForwardArgs<S> q = seq_forward_args<Cell, S>(c, d_, a_.reverse, w_hh_, Tensor(), rec_);
+        const auto fn = seq_kernels<Seq, S>().forward;
+        const S* h0 = ptr<const S>(c.h0);
+        if (c.bias.defined() && !bias_.defined()) bias_ = c.bias.to(at::kFloat).contiguous();
+        const float* bias = bias_.defined() ? ptr<const float>(bias_) : nullptr;
+        const float* w = panel_;
+        float* tile0 = ptr<float>(tiles);
+        const SeqPlan p = plan_;
+        const int64_t tile_elems = d_.B * p.n;
+        run_phases(p.blocks, c.s1 - c.s0, [&](int64_t k, int64_t i) {
+          fn(q, h0, bias, w, tile0 + k * tile_elems, p, k, c.s0 + i);
+        });
+      });
+    }
+  }
+
+  void backward(const SeqBackwardCall<Cell>& c) {
+    if constexpr (!std::is_void_v<Seq>) {
+      pack();
+      const int64_t B = d_.B, H = d_.H;
+      const auto opts = a_.input.options();
+      const Tensor dh = at::empty({B, H}, opts);
+      const Tensor direct = Seq::kDirectDh ? at::empty({B, H}, opts) : Tensor();
+      const Tensor dcbuf = Seq::kHasC ? at::empty({2, B, H}, opts.dtype(acc_type(a_.input.scalar_type()))) : Tensor();
+      const Tensor tiles = at::empty({plan_.blocks, B, plan_.n}, opts.dtype(at::kFloat));
+      dispatch([&](auto tag) {
+        using S = typename decltype(tag)::type;
+        const cells::SeqBackwardArgs<S> q =
+            seq_backward_args<Cell, S>(c, d_, a_.reverse, w_hh_, Tensor(), dh, direct, dcbuf);
+        const auto fn = seq_kernels<Seq, S>().backward;
+        const float* w = panel_;
+        float* tile0 = ptr<float>(tiles);
+        const SeqPlan p = plan_;
+        const int64_t T = d_.T, tile_elems = B * p.n;
+        // Phase i runs step T-1-i; the last phase (i = T) forms grad_h0 and grad_c0.
+        run_phases(p.blocks, T + 1, [&](int64_t k, int64_t i) { fn(q, w, tile0 + k * tile_elems, p, k, T - 1 - i); });
+      });
+    }
+  }
+
+ private:
+  // Where the path beats the per-step one (kSeqPanelBytes), with the SIMD kernels.
+  static bool seq_auto(const Dims& d, const SeqPlan& p) {
+    return seq_simd() && p.k * p.n * int64_t(sizeof(float)) <= kSeqPanelBytes && d.B <= kSeqMaxBatch;
+  }
+
+  template <class F>
+  void dispatch(const F& f) const {
+    switch (a_.input.scalar_type()) {
+      case at::kFloat:
+        return f(TypeTag<float>{});
+      case at::kBFloat16:
+        return f(TypeTag<c10::BFloat16>{});
+      default:
+        return f(TypeTag<c10::Half>{});
+    }
+  }
+
+  // W_hh [gates * H, H] into the blocks' panels [blocks, k, n] (SeqPlan), float32, zero where padded; once
+  // per op call (inference calls forward once per chunk). A plain loop: ATen's copy of the equivalent
+  // permuted view ran element by element, ~5% of a B=16, H=64 inference call.
+  void pack() {
+    if (panel_ != nullptr) return;
+    const int64_t H = d_.H, g = Seq::kGates, nb = plan_.blocks, up = plan_.upad, k = plan_.k, n = plan_.n;
+    const Tensor w = a_.w_hh.to(at::kFloat).contiguous();
+    const float* src = ptr<const float>(w);
+    float* dst = panel_storage(nb * k * n);
+    std::fill(dst, dst + nb * k * n, 0.0f);
+    panel_ = dst;
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
+      float* pb = dst + blk * k * n;
+      if (!backward_) {
+        // column gate * upad + u of row kk = W_hh[gate * H + lo + u, kk]: a transpose, in 16 x 16 tiles (one
+        // element per cache line either way otherwise: ~0.5 ms for H = 256, a tenth of a T=100 call)
+        constexpr int64_t kT = 16;
+        for (int64_t gate = 0; gate < g; ++gate) {
+          for (int64_t u0 = 0; u0 < uc; u0 += kT) {
+            for (int64_t k0 = 0; k0 < H; k0 += kT) {
+              const int64_t u1 = std::min(uc, u0 + kT), k1 = std::min(H, k0 + kT);
+              for (int64_t u = u0; u < u1; ++u) {
+                const float* row = src + (gate * H + lo + u) * H;
+                float* col = pb + gate * up + u;
+                for (int64_t kk = k0; kk < k1; ++kk) col[kk * n] = row[kk];
+              }
+            }
+          }
+        }
+      } else {
+        // column u of row kk (kk < G) = W_hh[kk, lo + u]
+        for (int64_t kk = 0; kk < k; ++kk) std::copy(src + kk * H + lo, src + kk * H + lo + uc, pb + kk * n);
+      }
+    }
+  }
+
+  // The panels' memory: the calling thread's own buffer, kept between calls (and re-packed on every call, so
+  // it can never hold stale weights). A fresh buffer per call cost more than the packing: its first touch
+  // page-faults (~0.5 ms for the 1 MiB of H = 256 here). Panels above kSeqKeepBytes are allocated per call.
+  static constexpr int64_t kSeqKeepBytes = int64_t(8) << 20;
+  float* panel_storage(int64_t elems) {
+    if (elems * int64_t(sizeof(float)) > kSeqKeepBytes) {
+      owned_ = at::empty({elems}, at::TensorOptions().dtype(at::kFloat));
+      return ptr<float>(owned_);
+    }
+    static thread_local std::vector<float> fwd, bwd;
+    std::vector<float>& v = backward_ ? bwd : fwd;
+    if (v.size() < size_t(elems)) v.resize(size_t(elems));
+    return v.data();
+  }
+
+  template <typename T>
+  struct TypeTag {
+    using type = T;
+  };
+
+  const LayerArgs& a_;
+  Dims d_;
+  bool backward_;
+  SeqPlan plan_;
+  Tensor w_hh_ = a_.w_hh.contiguous();
+  const float* panel_ = nullptr;  // [blocks, k, n]
+  Tensor owned_, rec_, bias_;
+};
+
+}  // namespace cpu
+}  // namespace fastlstm

@@ -1,0 +1,193 @@
+"""The CPU's whole-sequence path (csrc/cpu/sequence.h, issue 13 item 1): a layer's whole step loop in one
+parallel region, each thread with its slice of W_hh packed once per call and the cell's own passes on its
+units, one barrier per step. It runs by default where it measured faster (H <= 128 on 2 threads), so most
+small-shape tests elsewhere run it; here both paths are run on the same inputs and held to one standard:
+every result and gradient against the same module in float64 (which runs the per-step path, itself checked
+against nn.LSTM / nn.GRU elsewhere): float32 within TOL, the half types within LOWP_FACTOR x the per-step
+path's own error (+ LOWP_SLACK). Also: the path is seen to be taken (and not) where it should be, on 1 and 2
+threads, across inference chunks, with NaN propagating as in nn.LSTM."""
+import contextlib
+import copy
+import os
+
+import pytest
+import torch
+
+import fastlstm
+from conftest import LOWP_FACTOR, LOWP_SLACK, TOL, weighted_loss
+from fastlstm import PeepholeLSTM
+
+MODULES = {
+    "lstm": fastlstm.FastLSTM,
+    "gru": fastlstm.FastGRU,
+    "peephole": lambda *a, **k: PeepholeLSTM(*a, peephole="diagonal", **k),
+}
+# (T, B, I, H, layers, bidirectional): ragged tiles (B = 5, 17: balanced row tiles; H = 20, 100, 130: the
+# units split into SIMD-padded blocks), stacks and both directions, batch 1, one step, 3 steps (below the
+# half types' float32-pre-activation threshold of 4).
+CONFIGS = {
+    "T7_B5_H20": (7, 5, 12, 20, 1, False),
+    "T9_B3_H100_L2_bi": (9, 3, 8, 100, 2, True),
+    "T6_B17_H64": (6, 17, 16, 64, 1, False),
+    "T5_B2_H130_bi": (5, 2, 6, 130, 1, True),
+    "T8_B1_H32": (8, 1, 10, 32, 1, False),
+    "T1_B4_H16": (1, 4, 5, 16, 1, False),
+    "T3_B4_H48": (3, 4, 5, 48, 1, False),
+}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@contextlib.contextmanager
+def cpu_sequence(mode: str, threads: int = None):
+    """FASTLSTM_CPU_SEQUENCE=mode ("0" off, "1" wherever it can run, None: the default rule), and the thread
+    count, for the block; both restored after."""
+    old_mode, old_threads = os.environ.get("FASTLSTM_CPU_SEQUENCE"), torch.get_num_threads()
+    if mode is None:
+        os.environ.pop("FASTLSTM_CPU_SEQUENCE", None)
+    else:
+        os.environ["FASTLSTM_CPU_SEQUENCE"] = mode
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if old_mode is None:
+            os.environ.pop("FASTLSTM_CPU_SEQUENCE", None)
+        else:
+            os.environ["FASTLSTM_CPU_SEQUENCE"] = old_mode
+        torch.set_num_threads(old_threads)
+
+
+def run(module, x, hx):
+    """Training forward + backward of a weighted loss over every output: [output, *final states, grad input,
+    grads of hx, grads of every parameter], and the inference output."""
+    module.zero_grad(set_to_none=True)
+    xx = x.detach().clone().requires_grad_()
+    hh = tuple(h.detach().clone().requires_grad_() for h in hx)
+    out, st = module(xx, hh if len(hh) == 2 else hh[0])
+    st = st if isinstance(st, tuple) else (st,)
+    weighted_loss([out, *st], round_to=x.dtype).backward()
+    with torch.inference_mode():
+        inf = module(x, hx if len(hx) == 2 else hx[0])[0]
+    return [out, *st, xx.grad, *(h.grad for h in hh), *(p.grad for p in module.parameters()), inf]
+
+
+def inputs(module, T, B, I, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D = 2 if module.bidirectional else 1
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    n_states = 1 if isinstance(module, fastlstm.FastGRU) else 2
+    hx = tuple(torch.randn(module.num_layers * D, B, module.hidden_size, generator=g, dtype=torch.float64) * 0.5
+               for _ in range(n_states))
+    return x.to(dtype), tuple(h.to(dtype) for h in hx)
+
+
+def error(got, want):
+    """Largest relative (to the tensor's largest magnitude) difference over a list of tensors."""
+    return max(((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-6)).item()
+               for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cell", MODULES)
+def test_both_paths_match_float64(cell, dtype, config, threads):
+    T, B, I, H, L, bi = CONFIGS[config]
+    torch.manual_seed(0)
+    m = MODULES[cell](I, H, num_layers=L, bidirectional=bi).to(dtype)
+    ref = copy.deepcopy(m).double()
+    x, hx = inputs(m, T, B, I, dtype)
+    want = run(ref, x.double(), tuple(h.double() for h in hx))
+    with cpu_sequence("1", threads):
+        seq = run(m, x, hx)
+    with cpu_sequence("0", threads):
+        step = run(m, x, hx)
+    if dtype == torch.float32:
+        for a, b in zip(seq, want):
+            torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
+        return
+    e_seq, e_step = error(seq, want), error(step, want)
+    assert e_seq <= LOWP_FACTOR * e_step + LOWP_SLACK[dtype], f"whole-sequence path {e_seq:.3g}, per-step {e_step:.3g}"
+
+
+def _recurrent_gemms(module, x, train: bool) -> int:
+    """aten::addmm_ and mkl::_mkl_linear calls in one call of the module: the per-step path's recurrent
+    products (one per step and direction; MKL's packed GEMM at larger sizes); the whole-sequence path makes none (its input projections are aten::mm), and in
+    training one more, in the weight gradients (grad_w_hh's steps after the first)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        if train:
+            out = module(x.clone().requires_grad_())[0]
+            out.sum().backward()
+        else:
+            with torch.inference_mode():
+                module(x)
+    return sum(e.count for e in prof.key_averages() if e.key in STEP_GEMMS)
+
+
+STEP_GEMMS = ("aten::addmm_", "mkl::_mkl_linear")
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+def test_the_path_is_taken_where_it_should_be(train):
+    torch.manual_seed(0)
+    T = 12
+    small = fastlstm.FastLSTM(16, 64)
+    large = fastlstm.FastLSTM(16, 512)
+    x = torch.randn(T, 4, 16)
+    with cpu_sequence("0", 2):
+        assert _recurrent_gemms(small, x, train) >= T - 1
+    fused = int(train)
+    with cpu_sequence("1", 2):
+        assert _recurrent_gemms(small, x, train) == fused
+        assert _recurrent_gemms(large, x, train) == fused
+    with cpu_sequence(None, 2):  # the default: on at H = 64, off at H = 512 (kSeqPanelBytes)
+        assert _recurrent_gemms(small, x, train) == fused
+        assert _recurrent_gemms(large, x, train) >= T - 1
+    # Declined whatever the switch says: packed sequences (lengths) and float64.
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [T, T, 5, 2])  # >= 2 rows a step: no GEMV
+    with cpu_sequence("1", 2):
+        from torch.profiler import profile
+
+        with profile() as prof, torch.inference_mode():
+            small(packed)
+        assert sum(e.count for e in prof.key_averages() if e.key in STEP_GEMMS) >= T - 1
+        assert _recurrent_gemms(small.double(), x.double(), train) >= T - 1
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_across_chunks_carries_the_state(bidirectional):
+    """Inference projects 2^18 gate elements at a time, one parallel region per chunk: T = 5000 at B = 1,
+    H = 16 (64 gate elements per step) is two chunks, the state carried from one to the next."""
+    torch.manual_seed(0)
+    m = fastlstm.FastLSTM(3, 16, bidirectional=bidirectional)
+    ref = torch.nn.LSTM(3, 16, bidirectional=bidirectional)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5000, 1, 3)
+    with torch.inference_mode():
+        want = ref(x)
+        with cpu_sequence("1", 2):
+            got = m(x)
+    torch.testing.assert_close(got[0], want[0], **TOL[torch.float32])
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_nan_propagates_as_in_torch(cell):
+    """A NaN in one row's input at step 3 makes that row's outputs NaN from step 3 on and no other row's."""
+    torch.manual_seed(0)
+    m = MODULES[cell](8, 32)
+    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(8, 32)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(7, 3, 8)
+    x[3, 1, 2] = float("nan")
+    with torch.inference_mode():
+        want = ref(x)[0]
+        with cpu_sequence("1", 2):
+            got = m(x)[0]
+    assert torch.equal(got.isnan(), want.isnan())
+    assert got[3:, 1].isnan().all() and not got[:, [0, 2]].isnan().any()
+    torch.testing.assert_close(got[:, [0, 2]], want[:, [0, 2]], **TOL[torch.float32])
