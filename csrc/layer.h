@@ -320,6 +320,8 @@ struct SeqForwardCall {
   const typename Cell::Params* params;
   Tensor bias;             // [G] (A with `pre`, else S) where the Sequence adds the folded input bias itself
                            // (adds_bias()): the projection then has none; else undefined
+  Tensor h_fin;            // [B, H] S with sorted lengths (the prefix path): each row's final h, written at
+                           // its last step; else undefined
 };
 template <class Cell>
 struct SeqBackwardCall {
@@ -699,18 +701,21 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   st.params = &params;
   int64_t t_lo = 0;  // the first step held in `gates`
   if (seq) {
-    // One launch per chunk for the whole step loop (the Sequence checked: no lengths, no projection).
+    // One launch per chunk for the whole step loop (the Sequence checked: no projection, and lengths only
+    // sorted ones, whose active rows it runs).
     for (int64_t s = 0; s < T; s += chunk) {
       const int64_t n = std::min(chunk, T - s);
       t_lo = a.reverse ? T - s - n : s;
       project(t_lo, n);
       seq.forward(SeqForwardCall<Cell>{gates, pre, t_lo, s, s + n, output, cells, h_prev, c_prev, &saved, &params,
-                                       seq_bias ? bias : Tensor()});
+                                       seq_bias ? bias : Tensor(), prefix ? h_state : Tensor()});
     }
     if (T > 0) {
       const int64_t last = a.reverse ? 0 : T - 1;
       h_prev = output[last];
       if (Cell::kHasC) c_prev = cells[cells.size(0) == T ? last : (T - 1) % 2];
+      // With lengths the last step's cell states hold every row's final one (inactive rows carry theirs on).
+      if (prefix && Cell::kHasC) c_state.copy_(c_prev);
     }
   }
   for (int64_t s = 0; s < (seq ? 0 : T); ++s) {

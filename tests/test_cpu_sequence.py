@@ -146,14 +146,15 @@ def test_the_path_is_taken_where_it_should_be(train):
     with cpu_sequence(None, 2):  # the default: on at H = 64, off at H = 512 (kSeqPanelBytes)
         assert _recurrent_gemms(small, x, train) == fused
         assert _recurrent_gemms(large, x, train) >= T - 1
-    # Declined whatever the switch says: packed sequences (lengths) and float64.
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [T, T, 5, 2])  # >= 2 rows a step: no GEMV
-    with cpu_sequence("1", 2):
-        from torch.profiler import profile
+    # A PackedSequence's forward takes it too (the per-step prefix path otherwise); float64 never does.
+    from torch.profiler import profile
 
-        with profile() as prof, torch.inference_mode():
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [T, T, 5, 2])  # >= 2 rows a step: no GEMV
+    for mode, want in (("0", T), ("1", 0)):
+        with cpu_sequence(mode, 2), profile() as prof, torch.inference_mode():
             small(packed)
-        assert sum(e.count for e in prof.key_averages() if e.key in STEP_GEMMS) >= T - 1
+        assert sum(e.count for e in prof.key_averages() if e.key in STEP_GEMMS) == want
+    with cpu_sequence("1", 2):
         assert _recurrent_gemms(small.double(), x.double(), train) >= T - 1
 
 
@@ -191,3 +192,64 @@ def test_nan_propagates_as_in_torch(cell):
     assert torch.equal(got.isnan(), want.isnan())
     assert got[3:, 1].isnan().all() and not got[:, [0, 2]].isnan().any()
     torch.testing.assert_close(got[:, [0, 2]], want[:, [0, 2]], **TOL[torch.float32])
+
+
+def run_packed(module, x, hx, lengths, sorted_):
+    """run() on a PackedSequence of x's rows cut to `lengths`: [output data, *final states, grad input, grads
+    of hx and of every parameter, inference output data]."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    module.zero_grad(set_to_none=True)
+    xx = x.detach().clone().requires_grad_()
+    hh = tuple(h.detach().clone().requires_grad_() for h in hx)
+    packed = pack_padded_sequence(xx, lengths, enforce_sorted=sorted_)
+    out, st = module(packed, hh if len(hh) == 2 else hh[0])
+    st = st if isinstance(st, tuple) else (st,)
+    weighted_loss([out.data, *st], round_to=x.dtype).backward()
+    with torch.inference_mode():
+        inf = module(pack_padded_sequence(x, lengths, enforce_sorted=sorted_), hx if len(hx) == 2 else hx[0])[0]
+    return [out.data, *st, xx.grad, *(h.grad for h in hh), *(p.grad for p in module.parameters()), inf.data]
+
+
+@pytest.mark.parametrize("sorted_", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cell", MODULES)
+def test_packed_sequences_run_forward_on_the_active_rows(cell, dtype, sorted_):
+    """A PackedSequence's forward takes the path too (its lengths sorted, each step on the rows still active;
+    reversed, each row starting from h0 at its own last step), backward the per-step prefix path: both
+    directions, two layers, against float64 as above."""
+    torch.manual_seed(0)
+    lengths = [9, 9, 6, 3, 1] if sorted_ else [3, 9, 1, 6, 9]
+    m = MODULES[cell](6, 40, num_layers=2, bidirectional=True).to(dtype)
+    ref = copy.deepcopy(m).double()
+    x, hx = inputs(m, 9, 5, 6, dtype)
+    want = run_packed(ref, x.double(), tuple(h.double() for h in hx), lengths, sorted_)
+    with cpu_sequence("1", 2):
+        seq = run_packed(m, x, hx, lengths, sorted_)
+    with cpu_sequence("0", 2):
+        step = run_packed(m, x, hx, lengths, sorted_)
+    if dtype == torch.float32:
+        for a, b in zip(seq, want):
+            torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
+        return
+    e_seq, e_step = error(seq, want), error(step, want)
+    assert e_seq <= LOWP_FACTOR * e_step + LOWP_SLACK[dtype], f"whole-sequence path {e_seq:.3g}, per-step {e_step:.3g}"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_diagonal"])
+def test_direct_op_calls_with_short_and_empty_rows(cell, reverse):
+    """A direct call whose rows all end before T, one of them empty (steps with no active row at the end):
+    every forward output, in training and inference, equals the per-step prefix path's (float64 there)."""
+    from test_cuda_harness import make_case
+
+    cfg = dict(T=7, B=4, I=3, H=20, lengths=[5, 4, 2, 0], reverse=reverse)
+    name, fwd, _ = make_case(cell, cfg, torch.float32)
+    ops = torch.ops.fastlstm
+    for op in (getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_inference")):
+        with cpu_sequence("0", 2):
+            want = op(*fwd)
+        with cpu_sequence("1", 2):
+            got = op(*fwd)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **TOL[torch.float32])

@@ -45,12 +45,24 @@ struct SeqPlan {
   int64_t blocks = 0, units = 0, upad = 0, k = 0, n = 0;
 };
 
+// What a forward step needs beyond the launch arguments (all per call):
+//   h0 [B, H]: the state step 0 starts from; bias [G] float32 or null: the input bias, added here where the
+//   projection left it out; active [T] or null: with a PackedSequence's sorted lengths, the rows active at
+//   step t are [0, active[t]) (null: all B); h_fin [B, H] (with active): each row's final h, written at its
+//   last step (the rows that never run keep what it held).
+template <typename S>
+struct SeqForwardExtra {
+  const S* h0;
+  const float* bias;
+  const int64_t* active;
+  S* h_fin;
+};
+
 // One block's share of processing step s (sequence.h runs every block between per-step barriers).
-// forward: w the block's panel, tile [B, n] float32 scratch of its own; h0 [B, H] the state step 0 starts from;
-// bias [G] float32 or null: the input bias, added here where the projection left it out.
-// backward: s = T-1 .. 0, then s = -1 for grad_h0 / grad_c0.
+// w: the block's panel; tile [B, n] float32 scratch of its own. Backward: s = T-1 .. 0, then s = -1 for
+// grad_h0 / grad_c0.
 template <class Seq, typename S>
-using SeqForwardFn = void (*)(const cells::SeqForwardArgs<S>& q, const S* h0, const float* bias, const float* w,
+using SeqForwardFn = void (*)(const cells::SeqForwardArgs<S>& q, const SeqForwardExtra<S>& x, const float* w,
                               float* tile, const SeqPlan& p, int64_t block, int64_t s);
 template <class Seq, typename S>
 using SeqBackwardFn = void (*)(const cells::SeqBackwardArgs<S>& q, const float* w, float* tile, const SeqPlan& p,
@@ -62,7 +74,7 @@ using SeqBackwardFn = void (*)(const cells::SeqBackwardArgs<S>& q, const float* 
   void rows(const typename Pass::template Args<S>& a, int64_t b0, int64_t b1, int64_t H);           \
   GemvKernels gemv_kernels();                                                                       \
   template <class Seq, typename S>                                                                  \
-  void seq_forward_step(const cells::SeqForwardArgs<S>& q, const S* h0, const float* bias,         \
+  void seq_forward_step(const cells::SeqForwardArgs<S>& q, const SeqForwardExtra<S>& x,            \
                         const float* w, float* tile, const SeqPlan& p, int64_t block, int64_t s);   \
   template <class Seq, typename S>                                                                  \
   void seq_backward_step(const cells::SeqBackwardArgs<S>& q, const float* w, float* tile,           \

@@ -481,22 +481,43 @@ void seq_product(const S* x, int64_t ldx, int64_t M, const float* w, int64_t N, 
 // (float32 ones where the layer keeps them, else the storage-typed projection, rounded once as addmm_ does)
 // or the cell's separate recurrent operand, and the bias (if given) the pre-activations; then the cell's
 // forward pass on the block's units writes h_t straight into the output.
+//
+// With sorted lengths (x.active) only the first M = active[t] rows run, as on the per-step prefix path: the
+// others emit zeros, keep their cell state (copied on from the step before, so the saved cells hold it and a
+// reversed row starts from c0), and their saved gates hold the input term. Forward, a row's h_{t-1} is in the
+// previous step's output; reversed, a row starts later than the ones before it, so h0 is put where its first
+// step reads h_{t-1} (the previous step's output rows, inactive there) and zeroed again two steps on, once
+// every block has read it (the last such rows after the loop, sequence.h).
 template <class Seq, typename S>
-void seq_forward_step(const cells::SeqForwardArgs<S>& q, const S* h0, const float* bias, const float* w, float* tile,
+void seq_forward_step(const cells::SeqForwardArgs<S>& q, const SeqForwardExtra<S>& x, const float* w, float* tile,
                       const SeqPlan& p, int64_t block, int64_t s) {
   using A = math::acc_of<S>;
   const int64_t B = q.B, H = q.H, G = Seq::kGates * H, t = q.step(s);
   const int64_t lo = block * p.units, uc = std::min(p.units, H - lo);
-  const S* h_prev = s == 0 ? h0 : q.out + q.step(s - 1) * B * H;
+  const int64_t M = x.active == nullptr ? B : x.active[t];
+  const S* h_prev = s == 0 ? x.h0 : q.out + q.step(s - 1) * B * H;
   S* h = q.out + t * B * H;
-  seq_product<S>(h_prev, H, B, w + block * p.k * p.n, p.n, H, tile);
+  if (M > 0) seq_product<S>(h_prev, H, M, w + block * p.k * p.n, p.n, H, tile);
   S* g = q.gates_at(s, G);
   A* pre = q.pre_at(s, G);
   for (int64_t b = 0; b < B; ++b) {
+    const bool on = b < M;
     for (int64_t gate = 0; gate < Seq::kGates; ++gate) {
       const float* v = tile + b * p.n + gate * p.upad;
       const int64_t i0 = b * G + gate * H + lo;
-      const float* bi = bias == nullptr ? nullptr : bias + gate * H + lo;
+      const float* bi = x.bias == nullptr ? nullptr : x.bias + gate * H + lo;
+      if (!on) {
+        // an inactive row: its saved gates hold the input term (bias included)
+        if (pre != nullptr) {
+          for (int64_t u = 0; u < uc; ++u) {
+            if (bi != nullptr) pre[i0 + u] += bi[u];
+            g[i0 + u] = static_cast<S>(pre[i0 + u]);
+          }
+        } else if (bi != nullptr) {
+          for (int64_t u = 0; u < uc; ++u) g[i0 + u] = static_cast<S>(static_cast<float>(g[i0 + u]) + bi[u]);
+        }
+        continue;
+      }
       if constexpr (Seq::kSeparateRec) {
         if (pre != nullptr) {
           for (int64_t u = 0; u < uc; ++u) q.rec_acc[i0 + u] = v[u];
@@ -520,7 +541,26 @@ void seq_forward_step(const cells::SeqForwardArgs<S>& q, const S* h0, const floa
       }
     }
   }
-  seq_rows<typename Seq::Fwd, S>(Seq::template forward<S>(q, s, h_prev, h), lo, lo + uc, B, H);
+  seq_rows<typename Seq::Fwd, S>(Seq::template forward<S>(q, s, h_prev, h), lo, lo + uc, M, H);
+  if (x.active == nullptr) return;
+  const int64_t a_next = s + 1 < q.T ? x.active[q.step(s + 1)] : 0;
+  for (int64_t b = M; b < B; ++b) {
+    std::fill(h + b * H + lo, h + b * H + lo + uc, S(0));
+    if constexpr (Seq::kHasC) {
+      const A* c_prev = q.cell_before(s) + b * H + lo;
+      std::copy(c_prev, c_prev + uc, q.cell_at(s) + b * H + lo);
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (b < M && b >= a_next) std::copy(h + b * H + lo, h + b * H + lo + uc, x.h_fin + b * H + lo);  // its last step
+    if (b >= M && b < a_next) std::copy(x.h0 + b * H + lo, x.h0 + b * H + lo + uc, h + b * H + lo);  // starts next
+  }
+  if (q.reverse && s >= 2) {
+    // the h0 rows put into step s-2's output for step s-1 (read by every block before the last barrier)
+    const int64_t t2 = q.step(s - 2);
+    S* o2 = q.out + t2 * B * H;
+    for (int64_t b = x.active[t2]; b < x.active[q.step(s - 1)]; ++b) std::fill(o2 + b * H + lo, o2 + b * H + lo + uc, S(0));
+  }
 }
 
 // Backward step s (T-1 down to 0), block `block`: dh_t = grad_output_t + (grad_h_n at the last step, else
@@ -571,7 +611,7 @@ void seq_backward_step(const cells::SeqBackwardArgs<S>& q, const float* w, float
 }
 
 #define FASTLSTM_INSTANTIATE_SEQ_S(SEQ, S)                                                                     \
-  template void seq_forward_step<cells::SEQ, S>(const cells::SeqForwardArgs<S>&, const S*, const float*,      \
+  template void seq_forward_step<cells::SEQ, S>(const cells::SeqForwardArgs<S>&, const SeqForwardExtra<S>&,  \
                                                 const float*, float*, const SeqPlan&, int64_t, int64_t);      \
   template void seq_backward_step<cells::SEQ, S>(const cells::SeqBackwardArgs<S>&, const float*, float*,      \
                                                  const SeqPlan&, int64_t, int64_t);

@@ -10,8 +10,9 @@
 // and the driver's slicing with the arithmetic and one barrier (measured on 2 threads, B=16, H=64, T=1000,
 // inference: 13.2 ms per call on the per-step path, 8.7 ms here).
 //
-// Taken for float32, bfloat16 and float16 layers without packed lengths or a projection (both would need a
-// second barrier per step) where it measured faster than the per-step path (seq_auto, kSeqPanelBytes);
+// Taken for float32, bfloat16 and float16 layers without a projection (a second barrier per step), forward
+// also with a PackedSequence's sorted lengths (each step on its active rows), where it measured faster
+// than the per-step path (seq_auto, kSeqPanelBytes);
 // FASTLSTM_CPU_SEQUENCE=0 turns it off, =1 takes it wherever it can run (tests), read per call.
 // The threads are ATen's OpenMP team: every chunk of an OpenMP parallel_for runs on its own thread at once,
 // so a barrier between them cannot deadlock; without OpenMP, or inside a parallel region (parallel_for runs
@@ -100,6 +101,11 @@ void run_phases(int64_t blocks, int64_t phases, const F& f) {
 // ~10% and tie training. The bound is on the panel so that fewer threads (larger panels) fall back alike.
 constexpr int64_t kSeqPanelBytes = int64_t(256) << 10;
 constexpr int64_t kSeqMaxBatch = 256;
+// Fewer steps than this and the per-call packing is not won back (streaming, one step per call, ran 1.6x
+// slower on the path at H = 64, 1.7x at H = 128; at B = 4 it wins from 8 steps). At batch 1, where the
+// per-step path's GEMV kernels are cheapest, it takes T >= H / 2 (measured break-even: T = 64 at H = 128,
+// below T = 32 at H = 64).
+constexpr int64_t kSeqMinSteps = 8;
 
 // FASTLSTM_CPU_SEQUENCE: 0 off, 1 wherever it can run, unset (or anything else) where it measured faster.
 inline int seq_mode() {
@@ -133,7 +139,14 @@ class CpuSequence {
     if constexpr (!std::is_void_v<Seq>) {
       const auto dt = a.input.scalar_type();
       if (!(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf)) return;
-      if (defined(a.lengths) || defined(a.w_hr) || d.T == 0 || d.B == 0 || !Cell::seq_ok(params)) return;
+      if (defined(a.w_hr) || d.T == 0 || d.B == 0 || !Cell::seq_ok(params)) return;
+      if (defined(a.lengths)) {
+        // Sorted lengths (a PackedSequence's) run forward on the active rows (rows_impl.h); unsorted ones,
+        // and backward, take the per-step path's masks and prefix.
+        if (backward) return;
+        active_ = prefix_active_rows(a.lengths, d.T);
+        if (active_.empty()) return;
+      }
       const int mode = seq_mode();
       if (mode == 0) return;
       int64_t threads = 1;
@@ -154,7 +167,8 @@ class CpuSequence {
 
   void forward(const SeqForwardCall<Cell>& c) {
     if constexpr (!std::is_void_v<Seq>) {
-      pack();
+      const bool pack = panel_ == nullptr;
+      prepare();
       const auto opts = a_.input.options();
       if (Seq::kSeparateRec && !rec_.defined()) {
         rec_ = at::empty({d_.B, d_.G}, c.pre.defined() ? opts.dtype(c.pre.scalar_type()) : opts);
@@ -164,23 +178,34 @@ class CpuSequence {
         using S = typename decltype(tag)::type;
         const cells::SeqForwardArgs<S> q = seq_forward_args<Cell, S>(c, d_, a_.reverse, w_hh_, Tensor(), rec_);
         const auto fn = seq_kernels<Seq, S>().forward;
-        const S* h0 = ptr<const S>(c.h0);
         if (c.bias.defined() && !bias_.defined()) bias_ = c.bias.to(at::kFloat).contiguous();
-        const float* bias = bias_.defined() ? ptr<const float>(bias_) : nullptr;
+        SeqForwardExtra<S> x{};
+        x.h0 = ptr<const S>(c.h0);
+        x.bias = bias_.defined() ? ptr<const float>(bias_) : nullptr;
+        x.active = active_.empty() ? nullptr : active_.data();
+        x.h_fin = c.h_fin.defined() ? ptr<S>(c.h_fin) : nullptr;
+        TORCH_CHECK(x.active == nullptr || x.h_fin != nullptr, "fastlstm: packed whole-sequence call without h_fin");
         const float* w = panel_;
         float* tile0 = ptr<float>(tiles);
         const SeqPlan p = plan_;
         const int64_t tile_elems = d_.B * p.n;
         run_phases(p.blocks, c.s1 - c.s0, [&](int64_t k, int64_t i) {
-          fn(q, h0, bias, w, tile0 + k * tile_elems, p, k, c.s0 + i);
+          if (i == 0 && pack) pack_block(k);
+          fn(q, x, w, tile0 + k * tile_elems, p, k, c.s0 + i);
         });
+        const int64_t T = d_.T;
+        if (x.active != nullptr && a_.reverse && c.s1 == T && T >= 2) {
+          // The last h0 rows put into an output (step T-2's, for step T-1), now read: zeroed (see rows_impl.h).
+          const int64_t t2 = q.step(T - 2), r0 = x.active[t2], r1 = x.active[q.step(T - 1)];
+          if (r1 > r0) c.output[t2].narrow(0, r0, r1 - r0).zero_();
+        }
       });
     }
   }
 
   void backward(const SeqBackwardCall<Cell>& c) {
     if constexpr (!std::is_void_v<Seq>) {
-      pack();
+      prepare();
       const int64_t B = d_.B, H = d_.H;
       const auto opts = a_.input.options();
       const Tensor dh = at::empty({B, H}, opts);
@@ -197,7 +222,10 @@ class CpuSequence {
         const SeqPlan p = plan_;
         const int64_t T = d_.T, tile_elems = B * p.n;
         // Phase i runs step T-1-i; the last phase (i = T) forms grad_h0 and grad_c0.
-        run_phases(p.blocks, T + 1, [&](int64_t k, int64_t i) { fn(q, w, tile0 + k * tile_elems, p, k, T - 1 - i); });
+        run_phases(p.blocks, T + 1, [&](int64_t k, int64_t i) {
+          if (i == 0) pack_block(k);
+          fn(q, w, tile0 + k * tile_elems, p, k, T - 1 - i);
+        });
       });
     }
   }
@@ -205,7 +233,8 @@ class CpuSequence {
  private:
   // Where the path beats the per-step one (kSeqPanelBytes), with the SIMD kernels.
   static bool seq_auto(const Dims& d, const SeqPlan& p) {
-    return seq_simd() && p.k * p.n * int64_t(sizeof(float)) <= kSeqPanelBytes && d.B <= kSeqMaxBatch;
+    return seq_simd() && p.k * p.n * int64_t(sizeof(float)) <= kSeqPanelBytes && d.B <= kSeqMaxBatch &&
+           d.T >= kSeqMinSteps && (d.B > 1 || 2 * d.T >= d.H);
   }
 
   template <class F>
@@ -221,39 +250,41 @@ class CpuSequence {
   }
 
   // W_hh [gates * H, H] into the blocks' panels [blocks, k, n] (SeqPlan), float32, zero where padded; once
-  // per op call (inference calls forward once per chunk). A plain loop: ATen's copy of the equivalent
-  // permuted view ran element by element, ~5% of a B=16, H=64 inference call.
-  void pack() {
+  // per op call. prepare() on the calling thread (the float32 weight, the buffer), then each block packs its
+  // own panel on the thread that then uses it, at the start of the first parallel region: no barrier is
+  // needed (a block reads only its own panel) and the panel starts in that thread's cache. Per call this is
+  // the path's fixed cost (one transposing pass over W_hh), which short layers do not win back
+  // (kSeqMinSteps).
+  void prepare() {
     if (panel_ != nullptr) return;
-    const int64_t H = d_.H, g = Seq::kGates, nb = plan_.blocks, up = plan_.upad, k = plan_.k, n = plan_.n;
-    const Tensor w = a_.w_hh.to(at::kFloat).contiguous();
-    const float* src = ptr<const float>(w);
-    float* dst = panel_storage(nb * k * n);
-    std::fill(dst, dst + nb * k * n, 0.0f);
-    panel_ = dst;
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
-      float* pb = dst + blk * k * n;
-      if (!backward_) {
-        // column gate * upad + u of row kk = W_hh[gate * H + lo + u, kk]: a transpose, in 16 x 16 tiles (one
-        // element per cache line either way otherwise: ~0.5 ms for H = 256, a tenth of a T=100 call)
-        constexpr int64_t kT = 16;
-        for (int64_t gate = 0; gate < g; ++gate) {
-          for (int64_t u0 = 0; u0 < uc; u0 += kT) {
-            for (int64_t k0 = 0; k0 < H; k0 += kT) {
-              const int64_t u1 = std::min(uc, u0 + kT), k1 = std::min(H, k0 + kT);
-              for (int64_t u = u0; u < u1; ++u) {
-                const float* row = src + (gate * H + lo + u) * H;
-                float* col = pb + gate * up + u;
-                for (int64_t kk = k0; kk < k1; ++kk) col[kk * n] = row[kk];
-              }
+    w_float_ = a_.w_hh.to(at::kFloat).contiguous();
+    panel_ = panel_storage(plan_.blocks * plan_.k * plan_.n);
+  }
+  void pack_block(int64_t blk) const {
+    const int64_t H = d_.H, g = Seq::kGates, up = plan_.upad, k = plan_.k, n = plan_.n;
+    const float* src = ptr<const float>(w_float_);
+    const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
+    float* pb = const_cast<float*>(panel_) + blk * k * n;
+    std::fill(pb, pb + k * n, 0.0f);
+    if (!backward_) {
+      // column gate * upad + u of row kk = W_hh[gate * H + lo + u, kk]: a transpose, in 16 x 16 tiles (one
+      // element per cache line either way otherwise: ~0.5 ms for H = 256, a tenth of a T=100 call)
+      constexpr int64_t kT = 16;
+      for (int64_t gate = 0; gate < g; ++gate) {
+        for (int64_t u0 = 0; u0 < uc; u0 += kT) {
+          for (int64_t k0 = 0; k0 < H; k0 += kT) {
+            const int64_t u1 = std::min(uc, u0 + kT), k1 = std::min(H, k0 + kT);
+            for (int64_t u = u0; u < u1; ++u) {
+              const float* row = src + (gate * H + lo + u) * H;
+              float* col = pb + gate * up + u;
+              for (int64_t kk = k0; kk < k1; ++kk) col[kk * n] = row[kk];
             }
           }
         }
-      } else {
-        // column u of row kk (kk < G) = W_hh[kk, lo + u]
-        for (int64_t kk = 0; kk < k; ++kk) std::copy(src + kk * H + lo, src + kk * H + lo + uc, pb + kk * n);
       }
+    } else {
+      // column u of row kk (kk < G) = W_hh[kk, lo + u]
+      for (int64_t kk = 0; kk < k; ++kk) std::copy(src + kk * H + lo, src + kk * H + lo + uc, pb + kk * n);
     }
   }
 
@@ -283,7 +314,8 @@ class CpuSequence {
   SeqPlan plan_;
   Tensor w_hh_ = a_.w_hh.contiguous();
   const float* panel_ = nullptr;  // [blocks, k, n]
-  Tensor owned_, rec_, bias_;
+  Tensor owned_, rec_, bias_, w_float_;
+  std::vector<int64_t> active_;  // sorted lengths: the rows active at each step
 };
 
 }  // namespace cpu
