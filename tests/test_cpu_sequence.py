@@ -88,6 +88,17 @@ def error(got, want):
                for a, b in zip(got, want))
 
 
+def assert_paths_match(seq, step, want, dtype):
+    """The whole-sequence path's results `seq` against float64's `want`: float32 within TOL; half types
+    within LOWP_FACTOR x the per-step path's (`step`) own error + LOWP_SLACK."""
+    if dtype == torch.float32:
+        for a, b in zip(seq, want):
+            torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
+        return
+    e_seq, e_step = error(seq, want), error(step, want)
+    assert e_seq <= LOWP_FACTOR * e_step + LOWP_SLACK[dtype], f"whole-sequence path {e_seq:.3g}, per-step {e_step:.3g}"
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -103,12 +114,7 @@ def test_both_paths_match_float64(cell, dtype, config, threads):
         seq = run(m, x, hx)
     with cpu_sequence("0", threads):
         step = run(m, x, hx)
-    if dtype == torch.float32:
-        for a, b in zip(seq, want):
-            torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
-        return
-    e_seq, e_step = error(seq, want), error(step, want)
-    assert e_seq <= LOWP_FACTOR * e_step + LOWP_SLACK[dtype], f"whole-sequence path {e_seq:.3g}, per-step {e_step:.3g}"
+    assert_paths_match(seq, step, want, dtype)
 
 
 def _recurrent_gemms(module, x, train: bool) -> int:
@@ -228,12 +234,7 @@ def test_packed_sequences_run_forward_on_the_active_rows(cell, dtype, sorted_):
         seq = run_packed(m, x, hx, lengths, sorted_)
     with cpu_sequence("0", 2):
         step = run_packed(m, x, hx, lengths, sorted_)
-    if dtype == torch.float32:
-        for a, b in zip(seq, want):
-            torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
-        return
-    e_seq, e_step = error(seq, want), error(step, want)
-    assert e_seq <= LOWP_FACTOR * e_step + LOWP_SLACK[dtype], f"whole-sequence path {e_seq:.3g}, per-step {e_step:.3g}"
+    assert_paths_match(seq, step, want, dtype)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
