@@ -384,7 +384,14 @@ def train(args: dict) -> Optional[dict]:
         if args.get("resume") and ckpt is None:
             print(f"--resume: no checkpoint in {out}; starting from scratch", flush=True)
     try:
-        return _train(args["text"], out, cfg, ckpt, d)
+        result = _train(args["text"], out, cfg, ckpt, d)
+        if d.on:
+            # Every rank past its last collective before any tears the group down: a rank that destroyed it
+            # while its peer's gloo connection was still open aborted that peer once in CI ("terminate called
+            # without an active exception", SIGABRT after the last step). Only on success: a rank that failed
+            # may have left its peer inside another collective.
+            dist.barrier()
+        return result
     finally:
         if d.on:
             dist.destroy_process_group()
