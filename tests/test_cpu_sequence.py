@@ -169,6 +169,23 @@ def test_the_path_is_taken_where_it_should_be(train):
         assert _recurrent_gemms(small.double(), x.double(), train) >= T - 1
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the default rule never takes the path on ATen's scalar fallback ISA")
+def test_the_wide_panel_rule_at_h256():
+    """At H = 256 on 2 threads (512 KiB panels, kSeqWidePanelBytes) the default takes the path forward at
+    B = 4..8 and backward at B <= 16, where it measured faster than the per-step GEMMs; not at B = 32."""
+    torch.manual_seed(0)
+    T = 12
+    m = fastlstm.FastLSTM(16, 256)
+    # (B, per-step GEMMs in inference, in training): forward T when per-step, backward T more; the fused
+    # training call keeps one (grad_w_hh's steps after the first)
+    want = {2: (T, T + 1), 4: (0, 1), 8: (0, 1), 16: (T, T + 1), 32: (T, 2 * T + 1)}
+    with cpu_sequence(None, 2):
+        got = {B: (_recurrent_gemms(m, torch.randn(T, B, 16), False), _recurrent_gemms(m, torch.randn(T, B, 16), True))
+               for B in want}
+    assert got == want
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_inference_across_chunks_carries_the_state(bidirectional):
     """Inference projects 2^18 gate elements at a time, one parallel region per chunk: T = 5000 at B = 1,

@@ -12,7 +12,7 @@
 //
 // Taken for float32, bfloat16 and float16 layers without a projection (a second barrier per step), forward
 // also with a PackedSequence's sorted lengths (each step on its active rows), where it measured faster
-// than the per-step path (seq_auto, kSeqPanelBytes);
+// than the per-step path (seq_auto: kSeqPanelBytes, kSeqWidePanelBytes);
 // FASTLSTM_CPU_SEQUENCE=0 turns it off, =1 takes it wherever it can run (tests), read per call.
 // The threads are ATen's OpenMP team: every chunk of an OpenMP parallel_for runs on its own thread at once,
 // so a barrier between them cannot deadlock; without OpenMP, or inside a parallel region (parallel_for runs
@@ -101,6 +101,13 @@ void run_phases(int64_t blocks, int64_t phases, const F& f) {
 // ~10% and tie training. The bound is on the panel so that fewer threads (larger panels) fall back alike.
 constexpr int64_t kSeqPanelBytes = int64_t(256) << 10;
 constexpr int64_t kSeqMaxBatch = 256;
+// Up to twice that (H = 256 on 2 threads) at small batches, where per-step GEMMs of a few rows cannot block
+// for the caches either (paired runs, this path over the per-step one, T = 50-200): backward won at every
+// B <= 8 (1.07-1.3x of a training call, B = 16 1.06x, B = 64 0.96x); forward only from B = 4 (1.0-1.09x;
+// 0.78-0.85x at B <= 2, where the per-step path's GEMV kernels are cheapest).
+constexpr int64_t kSeqWidePanelBytes = int64_t(512) << 10;
+constexpr int64_t kSeqWideForward[2] = {4, 8};  // batch range
+constexpr int64_t kSeqWideBackwardBatch = 16;
 // Fewer steps than this and the per-call packing is not won back (streaming, one step per call, ran 1.6x
 // slower on the path at H = 64, 1.7x at H = 128; at B = 4 it wins from 8 steps). At batch 1, where the
 // per-step path's GEMV kernels are cheapest, it takes T >= H / 2 (measured break-even: T = 64 at H = 128,
@@ -154,7 +161,7 @@ class CpuSequence {
       if (!at::in_parallel_region()) threads = at::get_num_threads();
 #endif
       SeqPlan p = seq_plan(d.B, d.H, Seq::kGates, backward, threads);
-      if (mode == 2 && !seq_auto(d, p)) return;
+      if (mode == 2 && !seq_auto(d, p, backward)) return;
       plan_ = p;
     }
   }
@@ -231,10 +238,13 @@ class CpuSequence {
   }
 
  private:
-  // Where the path beats the per-step one (kSeqPanelBytes), with the SIMD kernels.
-  static bool seq_auto(const Dims& d, const SeqPlan& p) {
-    return seq_simd() && p.k * p.n * int64_t(sizeof(float)) <= kSeqPanelBytes && d.B <= kSeqMaxBatch &&
-           d.T >= kSeqMinSteps && (d.B > 1 || 2 * d.T >= d.H);
+  // Where the path beats the per-step one (kSeqPanelBytes, kSeqWidePanelBytes), with the SIMD kernels.
+  static bool seq_auto(const Dims& d, const SeqPlan& p, bool backward) {
+    const int64_t panel = p.k * p.n * int64_t(sizeof(float));
+    const bool wide = panel <= kSeqWidePanelBytes &&
+        (backward ? d.B <= kSeqWideBackwardBatch : d.B >= kSeqWideForward[0] && d.B <= kSeqWideForward[1]);
+    return seq_simd() && (panel <= kSeqPanelBytes || wide) && d.B <= kSeqMaxBatch && d.T >= kSeqMinSteps &&
+           (d.B > 1 || 2 * d.T >= d.H);
   }
 
   template <class F>
