@@ -414,10 +414,18 @@ void seq_tile(const S* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, f
 
 // At most kSeqMR rows per tile; with M rows the tiles are balanced (M = 8: one 8-row tile, not 6 + 2: a
 // tile of few rows reads as much of the panel per FMA as a full one and runs at the cache's speed, not the
-// FMA units'). Register columns: at most 24 accumulators of AVX-512's 32 ZMM (8 x 3, 6 x 4), 8 of AVX2's 16.
+// FMA units'). Register columns: at most 24 accumulators of AVX-512's 32 ZMM (8 x 3, 6 x 4), 8 of AVX2's
+// 16 (4 x 2, 2 x 4; seq_nv).
 constexpr bool kSeqWide = Vectorized<float>::size() >= 16;
 constexpr int kSeqMR = kSeqWide ? 8 : 4;
-inline int seq_nv(int mr) { return kSeqWide ? (mr > 6 ? 3 : 4) : 2; }
+inline int seq_nv(int mr) {
+  // AVX2 at few rows: 2 YMM accumulators a row are 2 dependent FMA chains per k where the two FMA units'
+  // 4-cycle latency wants 8 in flight; 6 at one row halved the tile's time (B = 1, H = 128, T = 200: 1.8 ->
+  // 1.1 ms of CPU a call, perf's cpu-clock samples). AVX-512's 4 accumulators at one row already run at L2's
+  // speed (its 128 KiB panel streams from L2 every step): 8 measured slower there (0.67 -> 0.95 ms).
+  if (kSeqWide) return mr > 6 ? 3 : 4;
+  return mr == 1 ? 6 : mr == 2 ? 4 : mr == 3 ? 3 : 2;
+}
 
 template <int M, typename S>
 void seq_tile_nv(int nv, const S* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, float* out) {
@@ -425,7 +433,11 @@ void seq_tile_nv(int nv, const S* x, int64_t ldx, const float* w, int64_t ldw, i
     case 1: return seq_tile<M, 1, S>(x, ldx, w, ldw, K, out, ldw);
     case 2: return seq_tile<M, 2, S>(x, ldx, w, ldw, K, out, ldw);
     case 3: return seq_tile<M, 3, S>(x, ldx, w, ldw, K, out, ldw);
-    default: return seq_tile<M, 4, S>(x, ldx, w, ldw, K, out, ldw);
+    case 4: return seq_tile<M, 4, S>(x, ldx, w, ldw, K, out, ldw);
+    case 5: return seq_tile<M, 5, S>(x, ldx, w, ldw, K, out, ldw);
+    case 6: return seq_tile<M, 6, S>(x, ldx, w, ldw, K, out, ldw);
+    case 7: return seq_tile<M, 7, S>(x, ldx, w, ldw, K, out, ldw);
+    default: return seq_tile<M, 8, S>(x, ldx, w, ldw, K, out, ldw);
   }
 }
 
