@@ -1,7 +1,10 @@
 // Every fastlstm op schema, written once: csrc/ops.cpp defines them as torch.ops.fastlstm.*, and the CUDA
 // harness (tests/harness/harness.cpp) defines the same ones in its own namespace.
 //
-// One op runs ONE layer in ONE direction over the whole sequence; Python stacks layers and directions.
+// One op runs ONE layer in ONE direction over the whole sequence; Python stacks layers and directions. The
+// *_inference_pair ops (CPU only) run the two directions of a bidirectional layer at once in inference: the
+// inference op's arguments for each direction (*_r: the reverse one's), input and lengths shared, and both
+// directions' results (csrc/cpu/pairs.h).
 // Shapes (T steps, B batch, I input, H hidden, P = proj_size if proj_size > 0 else H; A = float32 for
 // half/bfloat16 inputs, else the input dtype):
 //   input [T, B, I] (time-major), h0 [B, P], c0 [B, H], lengths int64 [B] on the input's device: element b is
@@ -73,7 +76,27 @@
     "Tensor output, Tensor gates, Tensor cells, Tensor norm_ih, Tensor norm_hh, Tensor stats, bool reverse, "    \
     "float eps) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "     \
     "Tensor grad_bias, Tensor grad_ln_ih_w, Tensor grad_ln_ih_b, Tensor grad_ln_hh_w, Tensor grad_ln_hh_b, "     \
-    "Tensor grad_ln_c_w, Tensor grad_ln_c_b)")
+    "Tensor grad_ln_c_w, Tensor grad_ln_c_b)")                                                                    \
+  X("lstm_inference_pair",                                                                                       \
+    "(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "   \
+    "Tensor h0_r, Tensor c0_r, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, Tensor? w_hr_r, "    \
+    "Tensor? lengths) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor output_r, Tensor h_n_r, Tensor c_n_r)")  \
+  X("gru_inference_pair",                                                                                        \
+    "(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0_r, "              \
+    "Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, Tensor? lengths) "                            \
+    "-> (Tensor output, Tensor h_n, Tensor output_r, Tensor h_n_r)")                                             \
+  X("peephole_inference_pair",                                                                                   \
+    "(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor w_ci, "   \
+    "Tensor w_cf, Tensor w_co, Tensor h0_r, Tensor c0_r, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, "         \
+    "Tensor? b_hh_r, Tensor w_ci_r, Tensor w_cf_r, Tensor w_co_r, Tensor? lengths) "                             \
+    "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor output_r, Tensor h_n_r, Tensor c_n_r)")                   \
+  X("layernorm_lstm_inference_pair",                                                                             \
+    "(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "                \
+    "Tensor ln_ih_w, Tensor ln_ih_b, Tensor ln_hh_w, Tensor ln_hh_b, Tensor ln_c_w, Tensor ln_c_b, "             \
+    "Tensor h0_r, Tensor c0_r, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, "                   \
+    "Tensor ln_ih_w_r, Tensor ln_ih_b_r, Tensor ln_hh_w_r, Tensor ln_hh_b_r, Tensor ln_c_w_r, Tensor ln_c_b_r, " \
+    "Tensor? lengths, float eps) "                                                                               \
+    "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor output_r, Tensor h_n_r, Tensor c_n_r)")
 
 // Defines every schema in library `m` (a torch::Library of kind DEF).
 #define FASTLSTM_DEFINE_SCHEMA(NAME, SIG) m.def(NAME SIG);

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import gru_layer, lstm_layer
+from .ops import gru_layer, lstm_layer, pair_op, run_pair
 
 # (w_ih, w_hh, b_ih, b_hh, w_hr) for one layer and direction; biases and w_hr may be None.
 LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
@@ -86,7 +86,17 @@ def stacked(
     x = input
     for layer in range(num_layers):
         outs = []
-        for d in range(D):
+        k = layer * D
+        op = pair_op(layer_fn, x, (x, *(s[k] for s in states), *params[k], *params[k + 1])) if D == 2 else None
+        if op is not None:
+            # Both directions at once (fastlstm.ops.pair_op): each direction's results as layer_fn's.
+            n = 1 + len(states)
+            r = run_pair(op, (x, *(s[k] for s in states), *params[k], *(s[k + 1] for s in states), *params[k + 1],
+                              lengths, *extra))
+            outs = [r[0], r[n]]
+            for i, acc in enumerate(finals):
+                acc.extend((r[1 + i], r[n + 1 + i]))
+        for d in range(D if op is None else 0):
             k = layer * D + d
             out, *final = layer_fn(x, *(s[k] for s in states), *params[k], lengths, d == 1, *extra)
             outs.append(out)

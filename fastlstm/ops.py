@@ -841,3 +841,67 @@ def layernorm_lstm_layer(
         return _layernorm_lstm_inference(*args)
     with _below_autograd():
         return _layernorm_lstm_inference(*args)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A bidirectional layer's two directions at once (issue 13 item 3): the *_inference_pair ops (CPU,
+# csrc/cpu/pairs.h) run each direction's inference op on one of ATen's 2 threads, single-threaded inside,
+# instead of both directions one after the other on both threads. Measured on 2 threads (csrc/cpu/pairs.h's
+# note, README): 1.03x (B=64, H=256, GEMM-bound) to 1.7x (B=16, H=64) a layer.
+_get_num_threads = torch.get_num_threads
+_PAIR_OPS = {
+    lstm_layer: torch.ops.fastlstm.lstm_inference_pair.default,
+    gru_layer: torch.ops.fastlstm.gru_inference_pair.default,
+    peephole_layer: torch.ops.fastlstm.peephole_inference_pair.default,
+    layernorm_lstm_layer: torch.ops.fastlstm.layernorm_lstm_inference_pair.default,
+}
+
+
+def pair_op(layer_fn, x: Tensor, tensors) -> Optional[object]:
+    """The pair op for layer_fn's two directions over x, where it applies, else None: x on the CPU with ATen
+    on exactly 2 threads (more threads serve one direction better than one each; fewer cannot run two), no
+    gradient needed by any of `tensors` (the pair op has no autograd: training takes the per-direction ops),
+    and no torch.func transform, forward-mode AD or compiler active (the one-direction ops have their rules)."""
+    if _compiling():  # first: Dynamo cannot trace get_num_threads
+        return None
+    op = _PAIR_OPS.get(layer_fn)
+    if (op is None or x.device.type != "cpu" or _functorch_active() or _fwad._current_level >= 0
+            or _get_num_threads() != 2):
+        return None
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return None
+    return op
+
+
+def run_pair(op, args: tuple) -> tuple:
+    """Calls a pair op as the layer functions call their inference ops (below autograd, which it needs
+    nothing of, unless inference mode already is)."""
+    if _inference_mode():
+        return op(*args)
+    with _below_autograd():
+        return op(*args)
+
+
+def _register_pair_fakes() -> None:
+    """Fake kernels for the pair ops: each direction's results as its inference op's fake kernel gives them,
+    with that op's checks (a direct call with a bad argument fails as the CPU kernel does)."""
+    for name in ("lstm", "gru", "peephole", "layernorm_lstm"):
+        pair = getattr(torch.ops.fastlstm, f"{name}_inference_pair").default
+        inf = getattr(torch.ops.fastlstm, f"{name}_inference").default
+        pair_args, inf_args = _arg_names(pair), _arg_names(inf)
+
+        def fake(*a, pair_args=pair_args, inf_args=inf_args, inf=inf):
+            given = dict(zip(pair_args, a))
+            outs = []
+            for reverse in (False, True):
+                one = [reverse if n == "reverse" else given[n + "_r" if reverse and n + "_r" in given else n]
+                       for n in inf_args]
+                outs.extend(inf(*one))
+            return tuple(outs)
+
+        torch.library.register_fake(pair, fake)
+
+
+_register_pair_fakes()

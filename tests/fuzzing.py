@@ -75,14 +75,20 @@ class Base:
 
 
 def _family(op: str) -> str:
+    if op.endswith("_inference_pair"):  # both directions of a layer at once: the inference op's family
+        return op[:-len("_inference_pair")]
     return op.rsplit("_", 1)[0]
+
+
+def _phase(op: str) -> str:
+    return "inference" if op.endswith("_inference_pair") else op.rsplit("_", 1)[1]
 
 
 def build_base(op: str, seed: int) -> Base:
     """The valid call of ``op`` that case seed ``seed`` starts from."""
     rng = random.Random(f"{op}:{seed}")
     g = torch.Generator().manual_seed(seed)
-    fam, phase = _family(op), op.rsplit("_", 1)[1]
+    fam, phase = _family(op), _phase(op)
     dtype = rng.choice([torch.float64, torch.float32])
     T, B, I, H = rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 5), rng.randint(2, 5)
     # seed % 1000 == 0: every optional argument given (biases, projection, lengths, full peepholes);
@@ -144,6 +150,9 @@ def build_base(op: str, seed: int) -> Base:
         shapes["gates"] = ("T", "B", G)
         shapes["cells" if fam != "gru" else "hn"] = ("T", "B", "H")
     shapes["lengths"] = ("B",) if use_lengths else None
+    if op.endswith("_pair"):  # the reverse direction's own states and weights, shaped as the forward one's
+        for n in [n for n in shapes if n not in ("input", "lengths")]:
+            shapes[n + "_r"] = shapes[n]
 
     args: dict = {}
     for a in _schema_args(op):
@@ -213,7 +222,7 @@ def op_mutations(b: Base) -> list[tuple[str, str]]:
                      (f"{n}: dtype int64", "MALFORMED"), (f"{n}: requires_grad", "VALID")]
             # One bias without the other is a consistent call (the missing one reads as zeros, or is
             # refused); any other None leaves a required tensor, or w_hr's projection, out.
-            muts.append((f"{n}: None", "EDGE" if n in ("b_ih", "b_hh") else "MALFORMED"))
+            muts.append((f"{n}: None", "EDGE" if n in ("b_ih", "b_hh", "b_ih_r", "b_hh_r") else "MALFORMED"))
         muts.append((f"{n}: on the meta device", "MALFORMED"))
         if t.numel() > 1:
             muts.append((f"{n}: strided (every other element)", "VALID"))

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../cells/ops.h"
+#include "pairs.h"
 #include "rows.h"
 #include "sequence.h"
 
@@ -305,6 +306,9 @@ struct CpuDevice : AtenDevice {
 
 }  // namespace cpu
 
-TORCH_LIBRARY_IMPL(fastlstm, CPU, m) { register_cell_ops<cpu::CpuDevice>(m); }
+TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
+  register_cell_ops<cpu::CpuDevice>(m);
+  cpu::PairOps<cpu::CpuDevice>::register_impls(m);
+}
 
 }  // namespace fastlstm

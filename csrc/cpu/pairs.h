@@ -1,0 +1,129 @@
+// The *_inference_pair ops (CPU; schemas in csrc/schemas.h): a bidirectional layer's two directions at once,
+// in inference, where one direction's GEMMs and steps are too small to occupy the cores (issue 13 item 3).
+// Each direction is the cell's own inference op, run on one thread of a 2-thread team; inside it, nested
+// parallel regions run inline and MKL runs sequentially, so each direction has a core to itself and no
+// per-step barrier or fork/join is shared between them. Python (fastlstm/functional.py) calls them only
+// where that measured faster: ATen on 2 threads, no gradient needed, no transform or compiler active.
+//
+// Shapes: each direction's arguments as its inference op takes them (input [T, B, I] shared, *_r the reverse
+// direction's; lengths shared) -> the forward direction's results, then the reverse direction's.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
+#include <string>
+#include <tuple>
+
+#include "../cells/ops.h"
+
+namespace fastlstm {
+namespace cpu {
+
+// f(0) and f(1), concurrently on 2 threads where ATen has exactly 2 and is not already inside a parallel
+// region, else one after the other. The caller's thread-local state (inference mode, grad mode, dispatch
+// keys) goes with f(1) to the second thread. An error in either direction is raised with the pair op's
+// name and the direction, as the one-direction op raised it otherwise.
+template <class F>
+void both_directions(const char* op, const char* inner, const F& f) {
+  auto named = [&](int64_t d) {
+    try {
+      f(d);
+    } catch (const c10::Error& e) {
+      std::string msg = e.what_without_backtrace();
+      const std::string prefix = std::string("fastlstm::") + inner + ":";
+      if (msg.rfind(prefix, 0) == 0) {
+        msg = std::string("fastlstm::") + op + (d == 0 ? " (forward direction):" : " (reverse direction):") +
+            msg.substr(prefix.size());
+      }
+      TORCH_CHECK(false, msg);
+    }
+  };
+  if (at::get_num_threads() != 2 || at::in_parallel_region()) {
+    named(0);
+    named(1);
+    return;
+  }
+  const at::ThreadLocalState tls;
+  at::parallel_for(0, 2, 1, [&](int64_t d0, int64_t d1) {
+    at::ThreadLocalStateGuard guard(tls);
+    for (int64_t d = d0; d < d1; ++d) named(d);
+  });
+}
+
+template <class Dev>
+struct PairOps {
+  using T3 = std::tuple<Tensor, Tensor, Tensor>;
+  using T2 = std::tuple<Tensor, Tensor>;
+
+  // -> (output, h_n, c_n, output_r, h_n_r, c_n_r)
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm(
+      const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0_r, const Tensor& c0_r,
+      const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r, const OptTensor& b_hh_r,
+      const OptTensor& w_hr_r, const OptTensor& lengths) {
+    T3 r[2];
+    both_directions("lstm_inference_pair", "lstm_inference", [&](int64_t d) {
+      r[d] = d == 0 ? LstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, false)
+                    : LstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, lengths, true);
+    });
+    return std::tuple_cat(r[0], r[1]);
+  }
+  // -> (output, h_n, output_r, h_n_r)
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> gru(const Tensor& input, const Tensor& h0, const Tensor& w_ih,
+                                                        const Tensor& w_hh, const OptTensor& b_ih,
+                                                        const OptTensor& b_hh, const Tensor& h0_r,
+                                                        const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                                        const OptTensor& b_ih_r, const OptTensor& b_hh_r,
+                                                        const OptTensor& lengths) {
+    T2 r[2];
+    both_directions("gru_inference_pair", "gru_inference", [&](int64_t d) {
+      r[d] = d == 0 ? GruOps<Dev>::inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, false)
+                    : GruOps<Dev>::inference(input, h0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, true);
+    });
+    return std::tuple_cat(r[0], r[1]);
+  }
+  // -> (output, h_n, c_n, output_r, h_n_r, c_n_r)
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole(
+      const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+      const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
+      const Tensor& h0_r, const Tensor& c0_r, const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r,
+      const OptTensor& b_hh_r, const Tensor& w_ci_r, const Tensor& w_cf_r, const Tensor& w_co_r,
+      const OptTensor& lengths) {
+    T3 r[2];
+    both_directions("peephole_inference_pair", "peephole_inference", [&](int64_t d) {
+      r[d] = d == 0 ? PeepholeOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths,
+                                                  false)
+                    : PeepholeOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ci_r, w_cf_r,
+                                                  w_co_r, lengths, true);
+    });
+    return std::tuple_cat(r[0], r[1]);
+  }
+  // -> (output, h_n, c_n, output_r, h_n_r, c_n_r)
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layernorm_lstm(
+      const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+      const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& ih_w, const Tensor& ih_b, const Tensor& hh_w,
+      const Tensor& hh_b, const Tensor& c_w, const Tensor& c_b, const Tensor& h0_r, const Tensor& c0_r,
+      const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r, const OptTensor& b_hh_r,
+      const Tensor& ih_w_r, const Tensor& ih_b_r, const Tensor& hh_w_r, const Tensor& hh_b_r, const Tensor& c_w_r,
+      const Tensor& c_b_r, const OptTensor& lengths, double eps) {
+    T3 r[2];
+    both_directions("layernorm_lstm_inference_pair", "layernorm_lstm_inference", [&](int64_t d) {
+      r[d] = d == 0 ? LayerNormLstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, ih_w, ih_b, hh_w, hh_b,
+                                                       c_w, c_b, lengths, false, eps)
+                    : LayerNormLstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, ih_w_r,
+                                                       ih_b_r, hh_w_r, hh_b_r, c_w_r, c_b_r, lengths, true, eps);
+    });
+    return std::tuple_cat(r[0], r[1]);
+  }
+
+  static void register_impls(torch::Library& m) {
+    m.impl("lstm_inference_pair", &lstm);
+    m.impl("gru_inference_pair", &gru);
+    m.impl("peephole_inference_pair", &peephole);
+    m.impl("layernorm_lstm_inference_pair", &layernorm_lstm);
+  }
+};
+
+}  // namespace cpu
+}  // namespace fastlstm
