@@ -859,7 +859,8 @@ _PAIR_OPS = {
 
 def pair_op(layer_fn, x: Tensor, tensors) -> Optional[object]:
     """The pair op for layer_fn's two directions over x, where it applies, else None: x on the CPU with ATen
-    on exactly 2 threads (more threads serve one direction better than one each; fewer cannot run two), no
+    on exactly 2 threads (measured there, this machine's cores; with more, a thread per direction would leave
+    cores idle, and one thread cannot run two), no
     gradient needed by any of `tensors` (the pair op has no autograd: training takes the per-direction ops),
     and no torch.func transform, forward-mode AD or compiler active (the one-direction ops have their rules)."""
     if _compiling():  # first: Dynamo cannot trace get_num_threads
