@@ -51,6 +51,14 @@ void both_directions(const char* op, const char* inner, const F& f) {
   });
 }
 
+// The pair op's results: f(false)'s (the forward direction's inference results, a tuple R) then f(true)'s.
+template <class R, class F>
+auto pair_results(const char* op, const char* inner, const F& f) {
+  R r[2];
+  both_directions(op, inner, [&](int64_t d) { r[d] = f(d == 1); });
+  return std::tuple_cat(r[0], r[1]);
+}
+
 template <class Dev>
 struct PairOps {
   using T3 = std::tuple<Tensor, Tensor, Tensor>;
@@ -62,12 +70,11 @@ struct PairOps {
       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0_r, const Tensor& c0_r,
       const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r, const OptTensor& b_hh_r,
       const OptTensor& w_hr_r, const OptTensor& lengths) {
-    T3 r[2];
-    both_directions("lstm_inference_pair", "lstm_inference", [&](int64_t d) {
-      r[d] = d == 0 ? LstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, false)
-                    : LstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, lengths, true);
+    return pair_results<T3>("lstm_inference_pair", "lstm_inference", [&](bool reverse) {
+      return reverse
+          ? LstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, lengths, true)
+          : LstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, false);
     });
-    return std::tuple_cat(r[0], r[1]);
   }
   // -> (output, h_n, output_r, h_n_r)
   static std::tuple<Tensor, Tensor, Tensor, Tensor> gru(const Tensor& input, const Tensor& h0, const Tensor& w_ih,
@@ -76,12 +83,10 @@ struct PairOps {
                                                         const Tensor& w_ih_r, const Tensor& w_hh_r,
                                                         const OptTensor& b_ih_r, const OptTensor& b_hh_r,
                                                         const OptTensor& lengths) {
-    T2 r[2];
-    both_directions("gru_inference_pair", "gru_inference", [&](int64_t d) {
-      r[d] = d == 0 ? GruOps<Dev>::inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, false)
-                    : GruOps<Dev>::inference(input, h0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, true);
+    return pair_results<T2>("gru_inference_pair", "gru_inference", [&](bool reverse) {
+      return reverse ? GruOps<Dev>::inference(input, h0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, true)
+                     : GruOps<Dev>::inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, false);
     });
-    return std::tuple_cat(r[0], r[1]);
   }
   // -> (output, h_n, c_n, output_r, h_n_r, c_n_r)
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> peephole(
@@ -90,14 +95,12 @@ struct PairOps {
       const Tensor& h0_r, const Tensor& c0_r, const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r,
       const OptTensor& b_hh_r, const Tensor& w_ci_r, const Tensor& w_cf_r, const Tensor& w_co_r,
       const OptTensor& lengths) {
-    T3 r[2];
-    both_directions("peephole_inference_pair", "peephole_inference", [&](int64_t d) {
-      r[d] = d == 0 ? PeepholeOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths,
-                                                  false)
-                    : PeepholeOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ci_r, w_cf_r,
-                                                  w_co_r, lengths, true);
+    return pair_results<T3>("peephole_inference_pair", "peephole_inference", [&](bool reverse) {
+      return reverse ? PeepholeOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ci_r, w_cf_r,
+                                                   w_co_r, lengths, true)
+                     : PeepholeOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths,
+                                                   false);
     });
-    return std::tuple_cat(r[0], r[1]);
   }
   // -> (output, h_n, c_n, output_r, h_n_r, c_n_r)
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layernorm_lstm(
@@ -107,14 +110,12 @@ struct PairOps {
       const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r, const OptTensor& b_hh_r,
       const Tensor& ih_w_r, const Tensor& ih_b_r, const Tensor& hh_w_r, const Tensor& hh_b_r, const Tensor& c_w_r,
       const Tensor& c_b_r, const OptTensor& lengths, double eps) {
-    T3 r[2];
-    both_directions("layernorm_lstm_inference_pair", "layernorm_lstm_inference", [&](int64_t d) {
-      r[d] = d == 0 ? LayerNormLstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, ih_w, ih_b, hh_w, hh_b,
-                                                       c_w, c_b, lengths, false, eps)
-                    : LayerNormLstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, ih_w_r,
-                                                       ih_b_r, hh_w_r, hh_b_r, c_w_r, c_b_r, lengths, true, eps);
+    return pair_results<T3>("layernorm_lstm_inference_pair", "layernorm_lstm_inference", [&](bool reverse) {
+      return reverse ? LayerNormLstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, ih_w_r,
+                                                        ih_b_r, hh_w_r, hh_b_r, c_w_r, c_b_r, lengths, true, eps)
+                     : LayerNormLstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, ih_w, ih_b, hh_w,
+                                                        hh_b, c_w, c_b, lengths, false, eps);
     });
-    return std::tuple_cat(r[0], r[1]);
   }
 
   static void register_impls(torch::Library& m) {
