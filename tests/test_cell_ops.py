@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from fastlstm.ops import CELL_OPS
+from fastlstm.ops import _PAIR_OPS, CELL_OPS
 
 T, B, I, H, P = 3, 2, 3, 4, 2
 
@@ -156,4 +156,8 @@ def test_every_op_in_the_build_is_in_the_table():
     names = {n.split("::")[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
              if n.startswith("fastlstm::")}
     table = {f"{r.name}_{k}" for r in CELL_OPS.values() if r.exists() for k in ("forward", "inference", "backward")}
-    assert names == table
+    # ... and the CPU's inference pairs (both directions at once): fake kernels from fastlstm.ops, no autograd by
+    # design (inference only; pair_op never picks them when a gradient is needed), checked in test_pairs.py.
+    pairs = {op._schema.name.split("::")[1] for op in _PAIR_OPS.values()}
+    assert pairs == {f"{r.name}_inference_pair" for r in CELL_OPS.values() if r.exists()}
+    assert names == table | pairs
