@@ -2,9 +2,9 @@
 // harness (tests/harness/harness.cpp) defines the same ones in its own namespace.
 //
 // One op runs ONE layer in ONE direction over the whole sequence; Python stacks layers and directions. The
-// *_inference_pair ops (CPU only) run the two directions of a bidirectional layer at once in inference: the
-// inference op's arguments for each direction (*_r: the reverse one's), input and lengths shared, and both
-// directions' results (csrc/cpu/pairs.h).
+// *_inference_pair ops run the two directions of a bidirectional layer in inference in one op (at once on the
+// CPU): the inference op's arguments for each direction (*_r: the reverse one's), input and lengths shared,
+// and both directions' results (csrc/cells/pairs.h).
 // Shapes (T steps, B batch, I input, H hidden, P = proj_size if proj_size > 0 else H; A = float32 for
 // half/bfloat16 inputs, else the input dtype):
 //   input [T, B, I] (time-major), h0 [B, P], c0 [B, H], lengths int64 [B] on the input's device: element b is

@@ -845,8 +845,8 @@ def layernorm_lstm_layer(
 
 # ------------------------------------------------------------------------------------------------------------
 # A bidirectional layer's two directions at once (issue 13 item 3): the *_inference_pair ops (CPU,
-# csrc/cpu/pairs.h) run each direction's inference op on one of ATen's 2 threads, single-threaded inside,
-# instead of both directions one after the other on both threads. Measured on 2 threads (csrc/cpu/pairs.h's
+# csrc/cells/pairs.h) run each direction's inference op on one of ATen's 2 threads, single-threaded inside,
+# instead of both directions one after the other on both threads. Measured on 2 threads (csrc/cells/pairs.h's
 # note, README): 1.03x (B=64, H=256, GEMM-bound) to 1.7x (B=16, H=64) a layer.
 _get_num_threads = torch.get_num_threads
 _PAIR_OPS = {

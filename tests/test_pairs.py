@@ -1,4 +1,4 @@
-"""A bidirectional layer's two directions at once in inference (issue 13 item 3; csrc/cpu/pairs.h): the
+"""A bidirectional layer's two directions at once in inference (issue 13 item 3; csrc/cells/pairs.h): the
 *_inference_pair ops run each direction's inference op on one of ATen's 2 threads. Here: the modules take
 them exactly where fastlstm.ops.pair_op says (CPU, 2 threads, no gradient needed, no transform or
 compiler), their results match nn.LSTM / nn.GRU and the one-direction ops, errors raised on the second
@@ -11,7 +11,7 @@ import torch
 from torch.profiler import profile
 
 import fastlstm
-from conftest import TOL
+from conftest import DEVICES, TOL
 from fastlstm import PeepholeLSTM
 from fastlstm.cells.layernorm_lstm import LayerNormLSTM
 
@@ -165,3 +165,22 @@ def test_opcheck(name):
     op = getattr(OPS, f"{name}_inference_pair").default
     with threads(2):
         torch.library.opcheck(op, tuple(_pair_args(name)), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_direct_call_on_every_device_equals_the_one_direction_ops(device):
+    """Every device has the pair ops (on CUDA they run the directions one after the other); Python picks
+    them only on the CPU."""
+    torch.manual_seed(0)
+    T, B, I, H = 6, 3, 4, 8
+    x = torch.randn(T, B, I, device=device)
+    mk = lambda *s: 0.3 * torch.randn(*s, device=device)
+    f = [mk(3 * H, I), mk(3 * H, H), mk(3 * H), mk(3 * H)]
+    r = [mk(3 * H, I), mk(3 * H, H), mk(3 * H), mk(3 * H)]
+    h0, h0r = mk(B, H), mk(B, H)
+    lengths = torch.tensor([6, 4, 1], device=device)
+    with threads(2), torch.inference_mode():
+        got = OPS.gru_inference_pair(x, h0, *f, h0r, *r, lengths)
+        want = (*OPS.gru_inference(x, h0, *f, lengths, False), *OPS.gru_inference(x, h0r, *r, lengths, True))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "../cells/ops.h"
-#include "pairs.h"
+#include "../cells/pairs.h"
 #include "rows.h"
 #include "sequence.h"
 
@@ -308,7 +308,7 @@ struct CpuDevice : AtenDevice {
 
 TORCH_LIBRARY_IMPL(fastlstm, CPU, m) {
   register_cell_ops<cpu::CpuDevice>(m);
-  cpu::PairOps<cpu::CpuDevice>::register_impls(m);
+  PairOps<cpu::CpuDevice, /*Concurrent=*/true>::register_impls(m);
 }
 
 }  // namespace fastlstm

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "../cells/ops.h"
+#include "../cells/pairs.h"
 #include "dispatch.h"
 #include "launch.h"
 #include "sequence.h"
@@ -179,6 +180,11 @@ struct CudaDevice : AtenDevice {
 
 }  // namespace gpu
 
-TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) { register_cell_ops<gpu::CudaDevice>(m); }
+TORCH_LIBRARY_IMPL(fastlstm, CUDA, m) {
+  register_cell_ops<gpu::CudaDevice>(m);
+  // The directions one after the other on the caller's stream (csrc/cells/pairs.h): Python does not pick them
+  // on CUDA, where one direction already fills the device; a direct call works as on the CPU.
+  PairOps<gpu::CudaDevice, /*Concurrent=*/false>::register_impls(m);
+}
 
 }  // namespace fastlstm

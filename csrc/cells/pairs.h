@@ -1,9 +1,11 @@
-// The *_inference_pair ops (CPU; schemas in csrc/schemas.h): a bidirectional layer's two directions at once,
-// in inference, where one direction's GEMMs and steps are too small to occupy the cores (issue 13 item 3).
-// Each direction is the cell's own inference op, run on one thread of a 2-thread team; inside it, nested
-// parallel regions run inline and MKL runs sequentially, so each direction has a core to itself and no
-// per-step barrier or fork/join is shared between them. Python (fastlstm/functional.py) calls them only
-// where that measured faster: ATen on 2 threads, no gradient needed, no transform or compiler active.
+// The *_inference_pair ops (schemas in csrc/schemas.h): a bidirectional layer's two directions in inference
+// in one op. On the CPU (Concurrent) they run at once, where one direction's GEMMs and steps are too small to
+// occupy the cores (issue 13 item 3): each direction is the cell's own inference op, run on one thread of a
+// 2-thread team; inside it, nested parallel regions run inline and MKL runs sequentially, so each direction
+// has a core to itself and no per-step barrier or fork/join is shared between them. Python
+// (fastlstm.ops.pair_op) calls them only where that measured faster: the CPU, ATen on 2 threads, no gradient
+// needed, no transform or compiler active. On CUDA the same ops run the directions one after the other on
+// the caller's stream (so that every op has a kernel on every device; Python does not pick them there).
 //
 // Shapes: each direction's arguments as its inference op takes them (input [T, B, I] shared, *_r the reverse
 // direction's; lengths shared) -> the forward direction's results, then the reverse direction's.
@@ -15,17 +17,16 @@
 #include <string>
 #include <tuple>
 
-#include "../cells/ops.h"
+#include "ops.h"
 
 namespace fastlstm {
-namespace cpu {
 
-// f(0) and f(1), concurrently on 2 threads where ATen has exactly 2 and is not already inside a parallel
-// region, else one after the other. The caller's thread-local state (inference mode, grad mode, dispatch
+// f(0) and f(1): with `concurrent`, at once on 2 threads where ATen has exactly 2 and is not already inside a
+// parallel region; else one after the other. The caller's thread-local state (inference mode, grad mode, dispatch
 // keys) goes with f(1) to the second thread. An error in either direction is raised with the pair op's
 // name and the direction, as the one-direction op raised it otherwise.
 template <class F>
-void both_directions(const char* op, const char* inner, const F& f) {
+void both_directions(bool concurrent, const char* op, const char* inner, const F& f) {
   auto named = [&](int64_t d) {
     try {
       f(d);
@@ -39,7 +40,7 @@ void both_directions(const char* op, const char* inner, const F& f) {
       TORCH_CHECK(false, msg);
     }
   };
-  if (at::get_num_threads() != 2 || at::in_parallel_region()) {
+  if (!concurrent || at::get_num_threads() != 2 || at::in_parallel_region()) {
     named(0);
     named(1);
     return;
@@ -53,13 +54,13 @@ void both_directions(const char* op, const char* inner, const F& f) {
 
 // The pair op's results: f(false)'s (the forward direction's inference results, a tuple R) then f(true)'s.
 template <class R, class F>
-auto pair_results(const char* op, const char* inner, const F& f) {
+auto pair_results(bool concurrent, const char* op, const char* inner, const F& f) {
   R r[2];
-  both_directions(op, inner, [&](int64_t d) { r[d] = f(d == 1); });
+  both_directions(concurrent, op, inner, [&](int64_t d) { r[d] = f(d == 1); });
   return std::tuple_cat(r[0], r[1]);
 }
 
-template <class Dev>
+template <class Dev, bool Concurrent>
 struct PairOps {
   using T3 = std::tuple<Tensor, Tensor, Tensor>;
   using T2 = std::tuple<Tensor, Tensor>;
@@ -70,7 +71,7 @@ struct PairOps {
       const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& h0_r, const Tensor& c0_r,
       const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r, const OptTensor& b_hh_r,
       const OptTensor& w_hr_r, const OptTensor& lengths) {
-    return pair_results<T3>("lstm_inference_pair", "lstm_inference", [&](bool reverse) {
+    return pair_results<T3>(Concurrent, "lstm_inference_pair", "lstm_inference", [&](bool reverse) {
       return reverse
           ? LstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_hr_r, lengths, true)
           : LstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, false);
@@ -83,7 +84,7 @@ struct PairOps {
                                                         const Tensor& w_ih_r, const Tensor& w_hh_r,
                                                         const OptTensor& b_ih_r, const OptTensor& b_hh_r,
                                                         const OptTensor& lengths) {
-    return pair_results<T2>("gru_inference_pair", "gru_inference", [&](bool reverse) {
+    return pair_results<T2>(Concurrent, "gru_inference_pair", "gru_inference", [&](bool reverse) {
       return reverse ? GruOps<Dev>::inference(input, h0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, true)
                      : GruOps<Dev>::inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, false);
     });
@@ -95,7 +96,7 @@ struct PairOps {
       const Tensor& h0_r, const Tensor& c0_r, const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r,
       const OptTensor& b_hh_r, const Tensor& w_ci_r, const Tensor& w_cf_r, const Tensor& w_co_r,
       const OptTensor& lengths) {
-    return pair_results<T3>("peephole_inference_pair", "peephole_inference", [&](bool reverse) {
+    return pair_results<T3>(Concurrent, "peephole_inference_pair", "peephole_inference", [&](bool reverse) {
       return reverse ? PeepholeOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ci_r, w_cf_r,
                                                    w_co_r, lengths, true)
                      : PeepholeOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, lengths,
@@ -110,7 +111,7 @@ struct PairOps {
       const Tensor& w_ih_r, const Tensor& w_hh_r, const OptTensor& b_ih_r, const OptTensor& b_hh_r,
       const Tensor& ih_w_r, const Tensor& ih_b_r, const Tensor& hh_w_r, const Tensor& hh_b_r, const Tensor& c_w_r,
       const Tensor& c_b_r, const OptTensor& lengths, double eps) {
-    return pair_results<T3>("layernorm_lstm_inference_pair", "layernorm_lstm_inference", [&](bool reverse) {
+    return pair_results<T3>(Concurrent, "layernorm_lstm_inference_pair", "layernorm_lstm_inference", [&](bool reverse) {
       return reverse ? LayerNormLstmOps<Dev>::inference(input, h0_r, c0_r, w_ih_r, w_hh_r, b_ih_r, b_hh_r, ih_w_r,
                                                         ih_b_r, hh_w_r, hh_b_r, c_w_r, c_b_r, lengths, true, eps)
                      : LayerNormLstmOps<Dev>::inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, ih_w, ih_b, hh_w,
@@ -126,5 +127,4 @@ struct PairOps {
   }
 };
 
-}  // namespace cpu
 }  // namespace fastlstm
