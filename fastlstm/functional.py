@@ -87,7 +87,8 @@ def stacked(
     for layer in range(num_layers):
         outs = []
         k = layer * D
-        op = pair_op(layer_fn, x, (x, *(s[k] for s in states), *params[k], *params[k + 1])) if D == 2 else None
+        op = (pair_op(layer_fn, x, (x, *(s[k] for s in states), *(s[k + 1] for s in states), *params[k],
+                                    *params[k + 1])) if D == 2 else None)
         if op is not None:
             # Both directions at once (fastlstm.ops.pair_op): each direction's results as layer_fn's.
             n = 1 + len(states)

@@ -16,6 +16,7 @@
 
 #include <string>
 #include <tuple>
+#include <typeinfo>
 
 #include "ops.h"
 
@@ -23,21 +24,21 @@ namespace fastlstm {
 
 // f(0) and f(1): with `concurrent`, at once on 2 threads where ATen has exactly 2 and is not already inside a
 // parallel region; else one after the other. The caller's thread-local state (inference mode, grad mode, dispatch
-// keys) goes with f(1) to the second thread. An error in either direction is raised with the pair op's
-// name and the direction, as the one-direction op raised it otherwise.
+// keys) goes with f(1) to the second thread. An argument check's error in either direction is raised with the
+// pair op's name and the direction; any other exception (an allocator's out-of-memory error, say) as it was.
 template <class F>
 void both_directions(bool concurrent, const char* op, const char* inner, const F& f) {
   auto named = [&](int64_t d) {
     try {
       f(d);
     } catch (const c10::Error& e) {
-      std::string msg = e.what_without_backtrace();
+      // The one-direction op's checks raise plain c10::Error (RuntimeError) starting with its name; anything
+      // else, a subclass included (its Python type differs), goes on unchanged.
+      const std::string msg = e.what_without_backtrace();
       const std::string prefix = std::string("fastlstm::") + inner + ":";
-      if (msg.rfind(prefix, 0) == 0) {
-        msg = std::string("fastlstm::") + op + (d == 0 ? " (forward direction):" : " (reverse direction):") +
-            msg.substr(prefix.size());
-      }
-      TORCH_CHECK(false, msg);
+      if (typeid(e) != typeid(c10::Error) || msg.rfind(prefix, 0) != 0) throw;
+      TORCH_CHECK(false, "fastlstm::", op, d == 0 ? " (forward direction):" : " (reverse direction):",
+                  msg.substr(prefix.size()));
     }
   };
   if (!concurrent || at::get_num_threads() != 2 || at::in_parallel_region()) {

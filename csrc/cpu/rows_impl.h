@@ -435,9 +435,7 @@ void seq_tile_nv(int nv, const S* x, int64_t ldx, const float* w, int64_t ldw, i
     case 3: return seq_tile<M, 3, S>(x, ldx, w, ldw, K, out, ldw);
     case 4: return seq_tile<M, 4, S>(x, ldx, w, ldw, K, out, ldw);
     case 5: return seq_tile<M, 5, S>(x, ldx, w, ldw, K, out, ldw);
-    case 6: return seq_tile<M, 6, S>(x, ldx, w, ldw, K, out, ldw);
-    case 7: return seq_tile<M, 7, S>(x, ldx, w, ldw, K, out, ldw);
-    default: return seq_tile<M, 8, S>(x, ldx, w, ldw, K, out, ldw);
+    default: return seq_tile<M, 6, S>(x, ldx, w, ldw, K, out, ldw);  // seq_nv's widest
   }
 }
 
