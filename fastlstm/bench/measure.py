@@ -9,8 +9,10 @@ Peak memory of one call (above what existed before it: parameters, inputs):
   cuda: torch.cuda.max_memory_allocated (the caching allocator's peak);
   cpu:  growth of the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs) in a
         worker subprocess (CpuPeakProbe) with MALLOC_MMAP_THRESHOLD_=65536, so every buffer of 64 KiB or more
-        is its own mapping, returned to the OS when freed. This counts everything the call touches, including
-        oneDNN's and MKL's private workspaces that no PyTorch allocator statistic sees.
+        is its own mapping, returned to the OS when freed, and the heap's free pages returned too (malloc_trim)
+        before each measured call, so that smaller buffers reused from the warm-up call count as well. This
+        counts everything the call touches, including oneDNN's and MKL's private workspaces that no PyTorch
+        allocator statistic sees.
 """
 from __future__ import annotations
 
@@ -136,11 +138,24 @@ def _read_status(key: str) -> int:
 
 
 def _rss_growth(step: Callable[[], None]) -> int:
+    _trim_heap()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
     base = _read_status("VmRSS")
     step()
     return max(0, _read_status("VmHWM") - base)
+
+
+def _trim_heap() -> None:
+    # Free chunks of the heap stay resident: a contender that reuses them (thousands of small per-step
+    # tensors, freed by the warm-up call and allocated again by the measured one) would grow the resident
+    # set by nothing. glibc's malloc_trim returns every free page of the heap to the OS, so reusing it
+    # faults the page back in and counts, as a fresh allocation would.
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the small-chunk noise stays
+        pass
 
 
 def _cuda_growth(step: Callable[[], None]) -> int:
