@@ -211,10 +211,11 @@ inline void addmm_into(const Tensor& out, const Tensor& a, const Tensor& b) {
   }
 }
 
-// Float32 GEMMs of half-typed operands (Dev::kAccGrads) on float32 copies of at most 2^20 elements of rows
-// at a time, rounded once to `out`. mm_acc_rows: a [R, K] @ b [K, N] -> [R, N]; mm_acc_tn: a^T b for
-// a [R, M], b [R, N] -> [M, N], summed over the chunks in float32.
-inline int64_t acc_chunk_rows(int64_t width) { return std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, width)); }
+// Float32 GEMMs of half-typed operands (Dev::kAccGrads) on float32 copies of at most 2^18 elements (1 MiB)
+// of rows at a time, rounded once to `out` (2^20 measured no faster, and 4 MiB more at training's peak at
+// T=50, B=64, H=256). mm_acc_rows: a [R, K] @ b [K, N] -> [R, N]; mm_acc_tn: a^T b for a [R, M], b [R, N]
+// -> [M, N], summed over the chunks in float32.
+inline int64_t acc_chunk_rows(int64_t width) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, width)); }
 inline Tensor mm_acc_rows(const Tensor& a, const Tensor& b, at::ScalarType out) {
   const int64_t R = a.size(0), rows = acc_chunk_rows(a.size(1));
   const Tensor bf = b.to(at::kFloat);
@@ -644,7 +645,9 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   typename Dev::template Sequence<Cell> seq(a, d, params, /*backward=*/false);
   const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type(), T);
   // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
-  const int64_t chunk_elems = seq ? seq.chunk_elems() : int64_t(1) << 21;
+  // Training's float32 pre-activation chunks (half types) are live beside the saved gates: 2 MiB, not 8
+  // (measured as fast at T=50-100, B=32-64, H=256-512, and 6 MiB off the forward's peak).
+  const int64_t chunk_elems = seq ? seq.chunk_elems() : int64_t(1) << (training ? 19 : 21);
   const int64_t chunk = training && !acc_gates ? T
       : std::max<int64_t>(1, std::min<int64_t>(T, chunk_elems / std::max<int64_t>(1, B * G)));
   Tensor gates = at::empty({acc_gates ? (training ? T : 1) : chunk, B, G}, opts);
@@ -785,7 +788,6 @@ struct BackwardResult {
   Tensor grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr;
   Tensor dgx;         // [T, B, G] the gradient of the gates' input term (masked)
   Tensor dgh;         // [T, B, G] of the recurrent product (== dgx unless kSeparateRec)
-  Tensor c_prev_all;  // [T, B, H] A: the cell state each step started from (cells with c)
   typename Cell::Grads grads;
 };
 
@@ -971,16 +973,16 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
     r.grad_w_hr = acc_mm ? mm_acc_tn(dh_all.view({T * B, P}), hraw_all.view({T * B, H}), dtype)
                          : at::mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}));
   }
-  if (Cell::kHasC) r.c_prev_all = step_start_states(cells, c0_acc, Tensor(), a.reverse);
   r.dgx = dgx;
   r.dgh = dgh;
   return r;
 }
 
-// The sum over steps and batch of a [T, B, X] gradient, accumulated in A, as [X] in S.
+// The sum over steps and batch of a [T, B, X] gradient, accumulated in A, as [X] in S. ATen's sum of a half
+// type accumulates in float32 and rounds once (on CPU and CUDA alike); asking for a float32 result instead
+// would first copy all of g to float32 (a [T, B, G] float32 buffer at training's peak).
 inline Tensor sum_rows(const Tensor& g) {
-  return at::sum(g.reshape({-1, g.size(-1)}), {0}, /*keepdim=*/false, acc_type(g.scalar_type()))
-      .to(g.scalar_type());
+  return at::sum(g.reshape({-1, g.size(-1)}), {0}, /*keepdim=*/false);
 }
 
 }  // namespace fastlstm

@@ -187,7 +187,10 @@ struct PeepholeOps {
     // i and f saw c_{t-1}, o saw c_t; inactive steps have zero gate gradients, so held states add nothing.
     const int64_t H = d.H;
     const Tensor dg2 = r.dgx.view({-1, 4 * H});
-    const Tensor c_prev = r.c_prev_all.view({-1, H}), c_all = cells.contiguous().view({-1, H});
+    // The cell state each step started from, made here: the other cells' backward has no use for it (a
+    // [T, B, H] float32 buffer at training's peak).
+    const Tensor c_all = cells.contiguous().view({-1, H});
+    const Tensor c_prev = step_start_states(cells.contiguous(), c0.to(acc).contiguous(), Tensor(), reverse).view({-1, H});
     const Tensor dxi = dg2.narrow(1, 0, H), dxf = dg2.narrow(1, H, H), dxo = dg2.narrow(1, 3 * H, H);
     Tensor gci, gcf, gco;
     if (!p.full) {
