@@ -342,6 +342,15 @@ class RNNEngine:
         if batch_sizes is not None:
             if input.size(0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            if int(batch_sizes[-1]) == int(batch_sizes[0]):
+                # Every sequence has the full length (always so at batch 1): the packed data is the padded
+                # tensor, time-major, so it runs as one without a mask, a copy in or a copy out (and takes the
+                # paths a plain tensor takes: at batch 1, T=200, H=128 training ran 2x slower as packed).
+                T, B = batch_sizes.size(0), int(batch_sizes[0])
+                out, finals = self._run(input.reshape(T, B, *input.shape[1:]), states, None)
+                return (PackedSequence(out.reshape(T * B, *out.shape[2:]), batch_sizes, sorted_indices,
+                                       unsorted_indices),
+                        self.permute_hidden(self._hx(finals), unsorted_indices))
             # Run padded with a per-sequence length mask; no re-sorting inside.
             lengths = _lengths_from_batch_sizes(batch_sizes)
             # torch.func's wrapped tensors have no storage for torch's (un)packing kernels and their backward

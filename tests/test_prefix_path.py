@@ -65,3 +65,45 @@ def test_sorted_and_masked_paths_agree(cell, reverse):
         if k < visible and a.numel():  # grad_input [T, B, I], grad_h0 (, grad_c0) [B, .]
             b = b.index_select(1 if a.dim() == 3 else 0, inv)
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=lambda m: f"grad {k}: {m}")
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_packed_sequences_of_one_length_run_unmasked(model, B, monkeypatch):
+    # All sequences of the full length (batch 1 always): the packed data is the padded tensor itself, so the
+    # layers run on a view of it with no lengths, like a plain tensor (the masked run at batch 1 took twice
+    # as long in training), and the results are nn.LSTM's / nn.GRU's.
+    import fastlstm
+    import fastlstm.rnn as rnn
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from conftest import TOL
+
+    torch.manual_seed(0)
+    ref = (torch.nn.LSTM if model == "lstm" else torch.nn.GRU)(4, 5, num_layers=2, bidirectional=True).double()
+    fast = (fastlstm.FastLSTM if model == "lstm" else fastlstm.FastGRU)(4, 5, num_layers=2,
+                                                                         bidirectional=True).double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(6, B, 4, dtype=torch.float64)
+    hx = torch.randn(4, B, 5, dtype=torch.float64)
+    hx = (hx, torch.randn_like(hx)) if model == "lstm" else hx
+    calls = []
+    real = rnn.stacked
+
+    def spy(layer, x_, *a):
+        calls.append((x_, a[6]))  # the input and the lengths
+        return real(layer, x_, *a)
+
+    monkeypatch.setattr(rnn, "stacked", spy)
+    results = []
+    for m in (fast, ref):
+        data = x.clone().requires_grad_()
+        packed = pack_padded_sequence(data, [6] * B, enforce_sorted=False)
+        out, h = m(packed, hx)
+        finals = h if isinstance(h, tuple) else (h,)
+        (out.data.square().sum() + sum(f.square().sum() for f in finals)).backward()
+        results.append((out.data, *finals, data.grad, *[p.grad for p in m.parameters()]))
+    assert len(calls) == 1 and calls[0][1] is None, calls
+    assert calls[0][0].shape == (6, B, 4)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
