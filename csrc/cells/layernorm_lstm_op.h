@@ -158,10 +158,20 @@ struct LayerNormLstmCell : CellBase {
   }
 };
 
-// sum over all but the last dimension of a * b, accumulated in A, as [X] in a's dtype.
+// sum over all but the last dimension of a * b, accumulated in A, as [X] in a's dtype; a, b [T, B, X]. In
+// row chunks of acc_chunk_rows: the products of a whole [T, B, 4H] in float32 were three fresh buffers of
+// that size per call (the two float32 copies and their product), first-touched page by page.
 inline Tensor dot_rows(const Tensor& a, const Tensor& b) {
   const auto acc = acc_type(a.scalar_type());
-  return at::sum(a.to(acc) * b.to(acc), {0, 1}, /*keepdim=*/false).to(a.scalar_type());
+  const int64_t X = a.size(-1);
+  const Tensor a2 = a.reshape({-1, X}), b2 = b.reshape({-1, X});
+  const int64_t R = a2.size(0), rows = acc_chunk_rows(X);
+  Tensor sum = at::zeros({X}, a.options().dtype(acc));
+  for (int64_t i = 0; i < R; i += rows) {
+    const int64_t n = std::min(rows, R - i);
+    sum.add_(at::sum(a2.narrow(0, i, n).to(acc) * b2.narrow(0, i, n).to(acc), {0}));
+  }
+  return sum.to(a.scalar_type());
 }
 
 template <class Dev>
