@@ -830,8 +830,14 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   Tensor dgx = at::empty({T, B, G}, opts);
   Tensor dgh = Cell::kSeparateRec ? at::empty({T, B, G}, opts) : dgx;
   // h_{t-1} for every step, when the cell needs it or the mask makes the shifted outputs wrong for it.
+  // On the prefix path (sorted lengths) a row is active over steps [0, len), so where its gradient is not
+  // zero its h_{t-1} is the shifted output, as without lengths -- except in reverse at its first step
+  // (t = len - 1 < T - 1), which started from h0, not from the zero output at t + 1: grad_w_hh adds those
+  // rows below, and no [T, B, P] copy is made.
   Tensor h_prev_all;
-  if (Cell::kNeedsHPrev || mask.defined()) h_prev_all = step_start_states(out, a.h0, mask, a.reverse).contiguous();
+  if (Cell::kNeedsHPrev || (mask.defined() && !prefix)) {
+    h_prev_all = step_start_states(out, a.h0, mask, a.reverse).contiguous();
+  }
   // The unprojected hidden states, needed only for grad_w_hr: recomputed from the saved gates and cells.
   Tensor hraw_all, dh_all;
   if (proj) {
@@ -963,6 +969,21 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
         r.grad_w_hh.add_(mm_acc_tn(dg_rest, h_rest, acc));
       } else {
         r.grad_w_hh.addmm_(dg_rest.t(), h_rest);
+      }
+    }
+    if (prefix && a.reverse) {
+      // Rows b with 0 < len_b < T: dgh[len_b - 1, b]^T h0[b] (see h_prev_all above).
+      const Tensor len = a.lengths->to(at::kLong);
+      const Tensor rows = at::nonzero((len > 0).logical_and(len < T)).view({-1});
+      if (rows.numel() > 0) {
+        const Tensor flat = (len.index_select(0, rows) - 1) * B + rows;
+        const Tensor dg_first = dgh.view({T * B, G}).index_select(0, flat.to(dgh.device()));
+        const Tensor h_first = a.h0.index_select(0, rows.to(a.h0.device()));
+        if (acc_mm) {
+          r.grad_w_hh.add_(mm_acc_tn(dg_first, h_first, acc));
+        } else {
+          r.grad_w_hh.addmm_(dg_first.t(), h_first);
+        }
       }
     }
     if (acc_mm) r.grad_w_hh = r.grad_w_hh.to(dtype);
