@@ -190,7 +190,7 @@ def test_half_types_run_in_that_dtype(model, dtype):
 @pytest.mark.skipif(not measure.cpu_probe_available(), reason="needs /proc/self/clear_refs (Linux)")
 def test_memory_probe_measures():
     # A training call at T=50 B=16 H=64 keeps its gates for backward (T*B*4H floats = 800 KiB and more): the
-    # probe must see at least that, for several cases in one worker, and the same in a one-off probe. (Not
+    # probe must see at least that, for several cases in a row (a worker each), and the same in a one-off probe. (Not
     # the cell loop: its many small per-step tensors come from heap chunks its warm-up call freed.)
     big = bench.Case("training", 50, 16, 64, 64)
     small = bench.Case("inference", 2, 1, 2, 2)

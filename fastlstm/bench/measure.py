@@ -8,11 +8,11 @@ contenders alike; the median is over all measurements of all rounds.
 Peak memory of one call (above what existed before it: parameters, inputs):
   cuda: torch.cuda.max_memory_allocated (the caching allocator's peak);
   cpu:  growth of the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs) in a
-        worker subprocess (CpuPeakProbe) with MALLOC_MMAP_THRESHOLD_=65536, so every buffer of 64 KiB or more
-        is its own mapping, returned to the OS when freed, and the heap's free pages returned too (malloc_trim)
-        before each measured call, so that smaller buffers reused from the warm-up call count as well. This
-        counts everything the call touches, including oneDNN's and MKL's private workspaces that no PyTorch
-        allocator statistic sees.
+        fresh worker subprocess per case (CpuPeakProbe) with MALLOC_MMAP_THRESHOLD_=65536, so every buffer of
+        64 KiB or more is its own mapping, returned to the OS when freed, and the heap's free pages returned
+        too (malloc_trim) before each measured call, so that smaller buffers reused from the warm-up call
+        count as well. This counts everything the call touches, including oneDNN's and MKL's private
+        workspaces that no PyTorch allocator statistic sees.
 """
 from __future__ import annotations
 
@@ -186,15 +186,15 @@ def cpu_peak_worker() -> None:
 
 
 class CpuPeakProbe:
-    """A worker subprocess measuring the CPU peak memory of cases one after another; use as a context
+    """Measures the CPU peak memory of cases, each in a worker subprocess of its own; use as a context
     manager, call as probe(case, contenders) -> {contender: bytes}.
 
-    One process for a whole run, not one per case: starting Python and importing torch (over a second on
-    a loaded 2-core machine) cost more than the measurement itself, and the quick grid has ~30 cases. The
-    measurement is the same as in a fresh process: every call is measured after a warm-up call of the same
-    module, against the resident set just before it, and the worker's MALLOC_MMAP_THRESHOLD_ returns every
-    buffer of 64 KiB or more to the OS when freed, so an earlier case leaves nothing large to reuse (only
-    small heap chunks, within the probe's ~0.1-0.5 MB noise)."""
+    A fresh process per case: one worker for a whole run measured a case differently depending on what ran
+    before it (FastLSTM bfloat16 training at T=100 B=8 H=256 L2 bi: 15.7 MB alone, 24.9 MB as the 120th case
+    of a `--models all` run), which no allocator setting explained. Every call is measured after a warm-up
+    call of the same module, against the resident set just before it; MALLOC_MMAP_THRESHOLD_ returns every
+    buffer of 64 KiB or more to the OS when freed, and _trim_heap the heap's free pages. Starting Python and
+    torch costs ~1-2 s a case."""
 
     def __init__(self, threads: Optional[int] = None):
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
@@ -202,13 +202,27 @@ class CpuPeakProbe:
                    OMP_WAIT_POLICY="PASSIVE")
         root = str(Path(__file__).resolve().parents[2])  # the folder holding the fastlstm package
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self._env = env
         self.threads = threads or torch.get_num_threads()
         self._stderr = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block the worker
+        self._p = None
+
+    def _start(self) -> None:
+        self._stderr.seek(0)
+        self._stderr.truncate()
         self._p = subprocess.Popen(
             [sys.executable, "-c", "from fastlstm.bench.measure import cpu_peak_worker; cpu_peak_worker()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=self._env)
+
+    def _stop(self) -> None:
+        if self._p is not None and self._p.poll() is None:
+            self._p.stdin.close()
+            self._p.wait()
+        self._p = None
 
     def __call__(self, case: Case, contenders=CONTENDERS) -> dict[str, int]:
+        self._stop()
+        self._start()
         req = {"case": dataclasses.asdict(case), "contenders": list(contenders), "threads": self.threads}
         self._p.stdin.write(json.dumps(req) + "\n")
         self._p.stdin.flush()
@@ -220,9 +234,7 @@ class CpuPeakProbe:
         return json.loads(line)
 
     def close(self) -> None:
-        if self._p.poll() is None:
-            self._p.stdin.close()
-            self._p.wait()
+        self._stop()
         self._stderr.close()
 
     def __enter__(self) -> "CpuPeakProbe":
