@@ -640,8 +640,9 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    in float32): memory (and first-touching fresh pages) no longer grows with T, while each GEMM stays
   //    tall enough to run near peak (1 MiB chunks measured slower than one projection at B=32, H=512).
   //    With float32 pre-activations for a half type (Dev::kAccGates) the projection goes to a float32
-  //    buffer `pre` chunked the same way in training too, and the passes write the activated gates to
-  //    `gates` in S: the [T, B, G] saved gates in training, a one-step scratch in inference.
+  //    buffer `pre`, chunked in training too (2^19 elements there, see chunk_elems), and the passes write
+  //    the activated gates to `gates` in S: the [T, B, G] saved gates in training, a one-step scratch in
+  //    inference.
   typename Dev::template Sequence<Cell> seq(a, d, params, /*backward=*/false);
   const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type(), T);
   // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
@@ -973,12 +974,13 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
     }
     if (prefix && a.reverse) {
       // Rows b with 0 < len_b < T: dgh[len_b - 1, b]^T h0[b] (see h_prev_all above).
-      const Tensor len = a.lengths->to(at::kLong);
+      // (The prefix path runs only with int64 lengths on the CPU, so everything here is on the CPU.)
+      const Tensor& len = *a.lengths;
       const Tensor rows = at::nonzero((len > 0).logical_and(len < T)).view({-1});
       if (rows.numel() > 0) {
         const Tensor flat = (len.index_select(0, rows) - 1) * B + rows;
-        const Tensor dg_first = dgh.view({T * B, G}).index_select(0, flat.to(dgh.device()));
-        const Tensor h_first = a.h0.index_select(0, rows.to(a.h0.device()));
+        const Tensor dg_first = dgh.view({T * B, G}).index_select(0, flat);
+        const Tensor h_first = a.h0.index_select(0, rows);
         if (acc_mm) {
           r.grad_w_hh.add_(mm_acc_tn(dg_first, h_first, acc));
         } else {

@@ -348,22 +348,21 @@ class RNNEngine:
                 # paths a plain tensor takes: at batch 1, T=200, H=128 training ran 2x slower as packed).
                 T, B = batch_sizes.size(0), int(batch_sizes[0])
                 out, finals = self._run(input.reshape(T, B, *input.shape[1:]), states, None)
-                return (PackedSequence(out.reshape(T * B, *out.shape[2:]), batch_sizes, sorted_indices,
-                                       unsorted_indices),
-                        self.permute_hidden(self._hx(finals), unsorted_indices))
-            # Run padded with a per-sequence length mask; no re-sorting inside.
-            lengths = _lengths_from_batch_sizes(batch_sizes)
-            # torch.func's wrapped tensors have no storage for torch's (un)packing kernels and their backward
-            transformed = _functorch_active()
-            if transformed:
-                padded = _pad_packed_data(input, batch_sizes)
+                output = out.reshape(T * B, *out.shape[2:])
             else:
-                padded, _ = pad_packed_sequence(PackedSequence(input, batch_sizes), batch_first=False)
-            out, finals = self._run(padded, states, _lengths_to(lengths, input.device))
-            if transformed:
-                output = _pack_padded_data(out, batch_sizes)
-            else:
-                output = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+                # Run padded with a per-sequence length mask; no re-sorting inside.
+                lengths = _lengths_from_batch_sizes(batch_sizes)
+                # torch.func's wrapped tensors have no storage for torch's (un)packing kernels or their backward
+                transformed = _functorch_active()
+                if transformed:
+                    padded = _pad_packed_data(input, batch_sizes)
+                else:
+                    padded, _ = pad_packed_sequence(PackedSequence(input, batch_sizes), batch_first=False)
+                out, finals = self._run(padded, states, _lengths_to(lengths, input.device))
+                if transformed:
+                    output = _pack_padded_data(out, batch_sizes)
+                else:
+                    output = pack_padded_sequence(out, lengths, enforce_sorted=True).data
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(self._hx(finals), unsorted_indices))
 
