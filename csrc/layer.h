@@ -22,6 +22,7 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Optional.h>
 
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -236,6 +237,68 @@ inline Tensor mm_acc_tn(const Tensor& a, const Tensor& b, at::ScalarType out) {
   return out == at::kFloat ? acc : acc.to(out);
 }
 
+// Elementwise helpers for the few-element tensors every call makes (its folded bias, a streaming step's
+// state conversions): on the CPU a plain loop over contiguous memory, where an ATen op's TensorIterator setup
+// (~1 us a call) costs as much as a whole batch-1 step's kernels. Each loop computes what the ATen op it
+// replaces computes: half types widened to float32, one operation, rounded once to nearest even.
+namespace flat {
+template <typename F>
+bool dispatch_float(at::ScalarType t, const F& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); return true;
+    case at::kDouble: f(double{}); return true;
+    case at::kBFloat16: f(c10::BFloat16{}); return true;
+    case at::kHalf: f(c10::Half{}); return true;
+    default: return false;
+  }
+}
+inline bool plain_cpu(const Tensor& t) { return t.defined() && t.is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg(); }
+}  // namespace flat
+
+// a [N] with b's first n elements added: a new tensor, a + b on [0, n), a elsewhere (n <= N, b's size).
+inline Tensor bias_sum(const Tensor& a, const Tensor& b, int64_t n) {
+  if (flat::plain_cpu(a) && flat::plain_cpu(b) && a.scalar_type() == b.scalar_type() && a.dim() == 1 &&
+      b.dim() == 1 && n <= a.numel() && n <= b.numel()) {
+    Tensor out = at::empty({a.numel()}, a.options());
+    if (flat::dispatch_float(a.scalar_type(), [&](auto tag) {
+          using S = decltype(tag);
+          using A = std::conditional_t<std::is_same_v<S, double>, double, float>;
+          const S* pa = a.const_data_ptr<S>();
+          const S* pb = b.const_data_ptr<S>();
+          S* po = out.mutable_data_ptr<S>();
+          for (int64_t k = 0; k < n; ++k) po[k] = S(A(pa[k]) + A(pb[k]));
+          for (int64_t k = n; k < a.numel(); ++k) po[k] = pa[k];
+        })) {
+      return out;
+    }
+  }
+  Tensor out = a.clone(at::MemoryFormat::Contiguous);
+  out.narrow(0, 0, n).add_(b.narrow(0, 0, n));
+  return out;
+}
+
+// src converted to `dtype` (a new contiguous tensor; src itself where it already has that dtype).
+inline Tensor convert_flat(const Tensor& src, at::ScalarType dtype) {
+  if (src.scalar_type() == dtype) return src;
+  if (flat::plain_cpu(src)) {
+    Tensor out = at::empty(src.sizes(), src.options().dtype(dtype));
+    const int64_t n = src.numel();
+    bool done = false;
+    flat::dispatch_float(src.scalar_type(), [&](auto from) {
+      using F = decltype(from);
+      done = flat::dispatch_float(dtype, [&](auto to) {
+        using D = decltype(to);
+        using A = std::conditional_t<std::is_same_v<F, double> || std::is_same_v<D, double>, double, float>;
+        const F* p = src.const_data_ptr<F>();
+        D* q = out.mutable_data_ptr<D>();
+        for (int64_t k = 0; k < n; ++k) q[k] = D(A(p[k]));
+      });
+    });
+    if (done) return out;
+  }
+  return src.to(dtype);
+}
+
 // ------------------------------------------------------------------------------------------------------
 // What every cell's op shares.
 struct LayerArgs {
@@ -280,7 +343,7 @@ struct CellBase {
   // The bias added in the input-projection GEMM, [G]: both biases, by default.
   template <class ParamsT>
   static Tensor input_bias(const LayerArgs& a, const ParamsT&) {
-    if (defined(a.b_ih) && defined(a.b_hh)) return at::add(*a.b_ih, *a.b_hh);
+    if (defined(a.b_ih) && defined(a.b_hh)) return bias_sum(*a.b_ih, *a.b_hh, a.b_ih->numel());
     if (defined(a.b_ih)) return *a.b_ih;
     if (defined(a.b_hh)) return *a.b_hh;
     return Tensor();
@@ -610,6 +673,18 @@ void prefix_forward_step(ForwardStep<Cell>& st, const Rec& w_hh, const Tensor& r
   if (Cell::kHasC) rows(c_state).copy_(st.c);
 }
 
+// dst = src for two contiguous tensors of one dtype and element count, whatever their shapes: a memcpy on
+// the CPU (a TensorIterator copy_ costs ~1 us of setup, as much as a whole streaming step's kernels), copy_
+// elsewhere.
+inline void copy_flat(const Tensor& dst, const Tensor& src) {
+  if (dst.is_cpu() && src.is_cpu() && dst.is_contiguous() && src.is_contiguous() &&
+      dst.scalar_type() == src.scalar_type() && dst.numel() == src.numel()) {
+    if (src.numel() > 0) std::memcpy(dst.data_ptr(), src.data_ptr(), src.nbytes());
+    return;
+  }
+  const_cast<Tensor&>(dst).view(src.sizes()).copy_(src);
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Forward over the whole sequence. Returns output [T, B, P], h_n [B, P], c_n [B, H] (undefined without c),
 // and with training the saved gates [T, B, G] (activated), cells [T, B, H] A and the cell's Saved.
@@ -618,6 +693,51 @@ struct ForwardResult {
   Tensor output, h_n, c_n, gates, cells;
   typename Cell::Saved saved;
 };
+
+// One inference step without lengths (a streaming call: T == 1) through the same hooks as layer_forward's
+// step loop, minus that loop's per-call machinery: its chunked buffers, per-buffer StepSlices (two selects
+// each), the 2-D views of each step and the TensorIterator copies of the final state. At B = 1, H = 64
+// float32 that machinery was ~30 ATen calls of a one-step call's ~40 (torch.profiler), and most of its time.
+// Same operations on the same values as the loop, so the same results, bit for bit (tests/test_streaming.py).
+// input [1, B, I] -> output [1, B, P], h_n [B, P], c_n [B, H].
+template <class Cell, class Dev>
+ForwardResult<Cell> one_step_forward(const LayerArgs& a, const Dims& d, const typename Cell::Params& params) {
+  const int64_t B = d.B, I = d.I, H = d.H, G = d.G, P = d.P;
+  const bool proj = defined(a.w_hr);
+  const auto dtype = a.input.scalar_type();
+  const auto acc = acc_type(dtype);
+  const auto opts = a.input.options();
+  typename Cell::Saved saved = Cell::Saved::alloc(d, opts, /*training=*/false);
+  Tensor gates = at::empty({B, G}, opts);
+  const Tensor x2d = a.input.is_contiguous() ? a.input.view({B, I}) : a.input.reshape({B, I});
+  Dev::input_mm(gates, x2d, a.w_ih, Cell::input_bias(a, params));
+  Cell::template project_epilogue<Dev>(gates, Tensor(), saved, 0, 1, params);
+  const typename Dev::Recurrent w_hh(a.w_hh, B, 1);
+  const Tensor h_prev = a.h0.contiguous();
+  ForwardResult<Cell> r;
+  r.output = at::empty({1, B, P}, opts);
+  r.h_n = at::empty({B, P}, opts);
+  ForwardStep<Cell> st;
+  st.gates = gates;
+  st.rec = Cell::kSeparateRec ? at::empty({B, G}, opts) : Tensor();
+  recurrent_forward<Dev>(w_hh, Cell::kSeparateRec ? st.rec : gates, h_prev, /*accumulate=*/!Cell::kSeparateRec);
+  st.h_prev = h_prev;
+  if (Cell::kHasC) {
+    st.c_prev = convert_flat(a.c0, acc).contiguous();
+    // The new cell state goes straight to c_n where it is kept in the storage type.
+    st.c = at::empty({B, H}, opts.dtype(acc));
+  }
+  st.h = proj ? at::empty({B, H}, opts) : r.h_n;
+  st.t = 0;
+  st.s = 0;
+  st.saved = &saved;
+  st.params = &params;
+  Cell::template forward_step<Dev>(st);
+  if (proj) at::mm_out(r.h_n, st.h, a.w_hr->t());
+  copy_flat(r.output, r.h_n);
+  if (Cell::kHasC) r.c_n = convert_flat(st.c, dtype);
+  return r;
+}
 
 template <class Cell, class Dev>
 ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const typename Cell::Params& params,
@@ -645,6 +765,7 @@ ForwardResult<Cell> layer_forward(const Check& chk, const LayerArgs& a, const ty
   //    inference.
   typename Dev::template Sequence<Cell> seq(a, d, params, /*backward=*/false);
   const bool acc_gates = acc_gates_for<Dev>(a.input.scalar_type(), T);
+  if (T == 1 && !training && !acc_gates && !seq && !defined(a.lengths)) return one_step_forward<Cell, Dev>(a, d, params);
   // The whole-sequence path relaunches per chunk (its weights reloaded each time): its own, larger chunks.
   // Training's float32 pre-activation chunks (half types) are live beside the saved gates: 2 MiB, not 8
   // (measured as fast at T=50-100, B=32-64, H=256-512, and 6 MiB off the forward's peak).

@@ -4,13 +4,14 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "lean_call.h"
 #include "schemas.h"
 
 extern "C" {
-// An importable, empty module: importing fastlstm._C runs the static registrations below and in the
-// device files. No Python bindings are needed; the ops are reached through torch.ops.fastlstm.
+// Importing fastlstm._C runs the static registrations below and in the device files; the ops are reached
+// through torch.ops.fastlstm. Its only functions are the streaming path's direct op call (lean_call.cpp).
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastlstm::lean_call_methods()};
   return PyModule_Create(&module_def);
 }
 }

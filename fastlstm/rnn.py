@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import autocast, export, ops
+from . import _C, autocast, export, ops
 from .functional import stacked
 
 _warned: set = set()
@@ -503,7 +503,9 @@ class RNNEngine:
         pad = (None,) * (len(present) - n) if trailing else ()
         getter = None if trailing else operator.itemgetter(*idx)
         kernels = {dev: ops.has_kernels(cell.ops, dev) for dev in ("cpu", "cuda")}
-        plan = (getter, pad, cell.layer, kernels, cell.n_states == 2)
+        # The inference op for _C.lean_call, which one-layer calls that need no gradient take.
+        handle = _C.op_handle(f"{cell.ops}_inference")
+        plan = (getter, pad, cell.layer, kernels, cell.n_states == 2, handle)
         self.__dict__["_fastlstm_lean_plan"] = plan
         return plan
 
@@ -513,7 +515,7 @@ class RNNEngine:
         only the checks that decide this; returns None for anything else, and forward then takes the general
         path, which raises torch's own errors. Same results as the general path."""
         plan = self.__dict__.get("_fastlstm_lean_plan") or self._lean_plan()
-        getter, pad, layer, kernels, two = plan
+        getter, pad, layer, kernels, two, handle = plan
         fw = self._lean_weights()
         if fw is None or input.dim() != 3 or input.size(-1) != self.input_size:
             return None
@@ -554,7 +556,20 @@ class RNNEngine:
             # One layer, one direction: the layer function directly, no stacking.
             params = fw if getter is None else getter(fw + _NONE_SLOT)
             extra = self._layer_extra()
-            if two:
+            # The layer function's inference call, made from C++ (csrc/lean_call.cpp: same op, same
+            # dispatcher, without the Python op-call and view costs); NotImplemented where a gradient is
+            # needed, __torch_function__ applies, or a torch.func transform differentiates: the layer
+            # function decides then.
+            if _transformed():
+                r = NotImplemented
+            elif two:
+                r = _lean_call(handle, 2, x, h0, c0, *params, *pad, None, False, *extra)
+            else:
+                r = _lean_call(handle, 1, x, h0, *params, *pad, None, False, *extra)
+            if r is not NotImplemented:
+                out, *finals = r
+                finals = tuple(finals) if two else finals[0]
+            elif two:
                 out, h_n, c_n = layer(x, h0[0], c0[0], *params, *pad, None, False, *extra)
                 finals = (h_n.unsqueeze(0), c_n.unsqueeze(0))
             else:
@@ -574,6 +589,8 @@ _any_autocast = torch._C._is_any_autocast_enabled
 _onnx_exporting = export.is_onnx_exporting
 _compiling = torch.compiler.is_compiling
 _functorch_active = torch._C._are_functorch_transforms_active
+_transformed = ops._transformed
+_lean_call = _C.lean_call
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -36,9 +36,7 @@ struct GruCell : CellBase {
   static Tensor input_bias(const LayerArgs& a, const Params&) {
     if (!defined(a.b_hh)) return defined(a.b_ih) ? *a.b_ih : Tensor();
     const int64_t H = a.b_hh->size(0) / 3;
-    Tensor bias = defined(a.b_ih) ? a.b_ih->clone() : at::zeros_like(*a.b_hh);
-    bias.narrow(0, 0, 2 * H).add_(a.b_hh->narrow(0, 0, 2 * H));
-    return bias;
+    return bias_sum(defined(a.b_ih) ? *a.b_ih : at::zeros_like(*a.b_hh), *a.b_hh, 2 * H);
   }
   static void check_saved(const Check& chk, const Dims& d, const SavedIn& s) { chk("hn", s.hn, {d.T, d.B, d.H}); }
   // hn and b_hn for a whole-sequence launch (QF / QB: cells::SeqForwardArgs / SeqBackwardArgs of S).

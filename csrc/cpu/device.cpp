@@ -159,7 +159,7 @@ struct CpuDevice : AtenDevice {
   static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
     if (x2d.size(0) == 1 && gemv_ok(x2d, w_ih) && g2d.is_contiguous()) {
       if (bias.defined()) {
-        const_cast<Tensor&>(g2d).copy_(bias);
+        copy_flat(g2d, bias);  // [G] into [1, G]
       } else {
         const_cast<Tensor&>(g2d).zero_();
       }
