@@ -59,12 +59,13 @@ PyObject* op_handle(PyObject*, PyObject* name) {
   END_HANDLE_TH_ERRORS
 }
 
-// lean_call(handle, n_states, input, *states, *rest) -> (output, *finals) or NotImplemented.
+// lean_call(handle, n_states, input, *states, *rest) -> (output, *finals), NotImplemented or None.
 // The op's arguments are (input, states..., rest...) with each state [1, B, X] here and [B, X] in the op
 // (its select(0, 0)); the op returns (output, finals... [B, X]), handed back as [1, B, X] (unsqueeze(0)).
 // rest: tensors, None, bools, floats, ints. NotImplemented, having run nothing, where the Python route must
 // decide instead: an argument with __torch_function__ or a torch function mode active (torch.ops honours
-// both), a gradient needed (the forward op, with its autograd), or an argument of another kind.
+// both), a gradient needed (the forward op, with its autograd), or an argument of another kind. None where
+// the op raised a c10::Error (e.g. its argument checks): the error is dropped, the caller decides.
 PyObject* lean_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs < 3) {
@@ -84,12 +85,14 @@ PyObject* lean_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   for (Py_ssize_t i = 2; i < nargs; ++i) {
     PyObject* o = args[i];
     if (may_override(o)) Py_RETURN_NOTIMPLEMENTED;
+    const bool state = i >= 3 && i < 3 + n_states;
     if (THPVariable_Check(o)) {
       const at::Tensor& t = THPVariable_Unpack(o);
       if (grad && t.requires_grad()) Py_RETURN_NOTIMPLEMENTED;
-      const bool state = i >= 3 && i < 3 + n_states;
       if (state && (t.dim() == 0 || t.size(0) != 1)) Py_RETURN_NOTIMPLEMENTED;
       stack.emplace_back(state ? t.select(0, 0) : t);
+    } else if (state || i == 2) {
+      Py_RETURN_NOTIMPLEMENTED;  // the input and the states are tensors
     } else if (o == Py_None) {
       stack.emplace_back();
     } else if (PyBool_Check(o)) {
@@ -104,12 +107,17 @@ PyObject* lean_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       Py_RETURN_NOTIMPLEMENTED;
     }
   }
-  {
+  try {
     // As the layer functions call the inference op when no gradient is needed: below autograd, whose
     // kernel for these ops (torch.library.register_autograd) is Python.
     pybind11::gil_scoped_release no_gil;
     at::AutoDispatchBelowAutograd below_autograd;
     handles()[size_t(idx)].callBoxed(stack);
+  } catch (const c10::Error&) {
+    // The op refused an argument (its checks run before it touches any memory), or found no kernel for
+    // the device: None, and the caller's general path decides (with torch's messages). A Python error
+    // raised inside (a dispatch mode's) is not a c10::Error and propagates.
+    Py_RETURN_NONE;
   }
   if (stack.size() != size_t(1 + n_states)) {
     PyErr_SetString(PyExc_RuntimeError, "fastlstm._C.lean_call: the op returned an unexpected number of results");
@@ -133,7 +141,7 @@ PyObject* lean_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef kMethods[] = {
     {"op_handle", op_handle, METH_O, "op_handle(name) -> int: fastlstm::<name> for lean_call"},
     {"lean_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(lean_call)), METH_FASTCALL,
-     "lean_call(handle, n_states, input, *states, *rest) -> (output, *finals) or NotImplemented"},
+     "lean_call(handle, n_states, input, *states, *rest) -> (output, *finals), NotImplemented or None"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

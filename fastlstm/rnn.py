@@ -517,7 +517,36 @@ class RNNEngine:
         plan = self.__dict__.get("_fastlstm_lean_plan") or self._lean_plan()
         getter, pad, layer, kernels, two, handle = plan
         fw = self._lean_weights()
-        if fw is None or input.dim() != 3 or input.size(-1) != self.input_size:
+        if fw is None or input.dim() != 3:
+            return None
+        if (self.num_layers == 1 and not self.bidirectional and not _transformed()
+                and (hx is None or ((type(hx) is tuple and len(hx) == 2) if two else type(hx) is Tensor))):
+            # One layer, one direction, no gradient needed (the usual streaming call): the inference op,
+            # called from C++ (csrc/lean_call.cpp: the same op through the same dispatcher, without the
+            # Python op-call and view costs). The op checks every argument itself, so only the checks that
+            # choose this call are made here: None back means the op refused an argument, and the general
+            # path then raises torch's own error for it (or handles what the op does not, e.g. a c0 whose
+            # dtype promotes); NotImplemented means declined before running (a gradient needed, a
+            # __torch_function__ override or mode), and the checked path below runs the layer function.
+            x = input.transpose(0, 1) if self.batch_first else input
+            if x.size(0) == 0:
+                return None
+            params = fw if getter is None else getter(fw + _NONE_SLOT)
+            if hx is None:
+                B, H = x.size(1), self.hidden_size
+                opt = dict(dtype=input.dtype, device=input.device)
+                hx = ((torch.zeros(1, B, self.proj_size if self.proj_size > 0 else H, **opt),
+                       torch.zeros(1, B, H, **opt)) if two else torch.zeros(1, B, H, **opt))
+            if two:
+                r = _lean_call(handle, 2, x, hx[0], hx[1], *params, *pad, None, False, *self._layer_extra())
+            else:
+                r = _lean_call(handle, 1, x, hx, *params, *pad, None, False, *self._layer_extra())
+            if r is None:
+                return None
+            if r is not NotImplemented:
+                out = r[0].transpose(0, 1) if self.batch_first else r[0]
+                return out, ((r[1], r[2]) if two else r[1])
+        if input.size(-1) != self.input_size:
             return None
         w0 = fw[0]
         dtype, device = input.dtype, input.device
@@ -556,20 +585,7 @@ class RNNEngine:
             # One layer, one direction: the layer function directly, no stacking.
             params = fw if getter is None else getter(fw + _NONE_SLOT)
             extra = self._layer_extra()
-            # The layer function's inference call, made from C++ (csrc/lean_call.cpp: same op, same
-            # dispatcher, without the Python op-call and view costs); NotImplemented where a gradient is
-            # needed, __torch_function__ applies, or a torch.func transform differentiates: the layer
-            # function decides then.
-            if _transformed():
-                r = NotImplemented
-            elif two:
-                r = _lean_call(handle, 2, x, h0, c0, *params, *pad, None, False, *extra)
-            else:
-                r = _lean_call(handle, 1, x, h0, *params, *pad, None, False, *extra)
-            if r is not NotImplemented:
-                out, *finals = r
-                finals = tuple(finals) if two else finals[0]
-            elif two:
+            if two:
                 out, h_n, c_n = layer(x, h0[0], c0[0], *params, *pad, None, False, *extra)
                 finals = (h_n.unsqueeze(0), c_n.unsqueeze(0))
             else:
