@@ -22,10 +22,15 @@
 namespace fastlstm {
 namespace {
 
-// The ops looked up so far, by the index op_handle returned. Grown only from Python (the GIL held), at import.
+// The ops looked up so far, by the index op_handle returned, and their names. Read and grown only with the
+// GIL held (lean_call copies its handle out before releasing it): one entry per op, however many modules ask.
 std::vector<c10::OperatorHandle>& handles() {
   static std::vector<c10::OperatorHandle> h;
   return h;
+}
+std::vector<std::string>& handle_names() {
+  static std::vector<std::string> n;
+  return n;
 }
 
 // torch.nn.Parameter, whose __torch_function__ is torch's disabled one: a Parameter argument is a plain tensor
@@ -54,7 +59,13 @@ PyObject* op_handle(PyObject*, PyObject* name) {
     Py_DECREF(mod);
     if (parameter_type == nullptr) return nullptr;
   }
-  handles().push_back(c10::Dispatcher::singleton().findSchemaOrThrow((std::string("fastlstm::") + s).c_str(), ""));
+  const std::string full = std::string("fastlstm::") + s;
+  auto& names = handle_names();
+  for (size_t k = 0; k < names.size(); ++k) {
+    if (names[k] == full) return PyLong_FromSsize_t(Py_ssize_t(k));
+  }
+  handles().push_back(c10::Dispatcher::singleton().findSchemaOrThrow(full.c_str(), ""));
+  names.push_back(full);
   return PyLong_FromSsize_t(Py_ssize_t(handles().size()) - 1);
   END_HANDLE_TH_ERRORS
 }
@@ -107,12 +118,13 @@ PyObject* lean_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       Py_RETURN_NOTIMPLEMENTED;
     }
   }
+  const c10::OperatorHandle op = handles()[size_t(idx)];  // a copy: another thread may grow the table
   try {
     // As the layer functions call the inference op when no gradient is needed: below autograd, whose
     // kernel for these ops (torch.library.register_autograd) is Python.
     pybind11::gil_scoped_release no_gil;
     at::AutoDispatchBelowAutograd below_autograd;
-    handles()[size_t(idx)].callBoxed(stack);
+    op.callBoxed(stack);
   } catch (const c10::Error&) {
     // The op refused an argument (its checks run before it touches any memory), or found no kernel for
     // the device: None, and the caller's general path decides (with torch's messages). A Python error

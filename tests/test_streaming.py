@@ -252,3 +252,33 @@ def test_lean_call_rejects_bad_arguments_without_crashing():
     assert _C.lean_call(h, 1, torch.zeros(1, 1, 3), torch.zeros(1, 1, 2), object()) is NotImplemented
     with pytest.raises(RuntimeError):
         _C.op_handle("no_such_op")
+    assert _C.op_handle("lstm_inference") == h  # one entry per op, however many modules ask
+
+
+def test_streaming_from_several_threads_while_modules_are_made():
+    """lean_call releases the GIL during the op while other threads may make new modules (whose first call
+    looks up their op): every thread's results equal the single-threaded ones."""
+    import threading
+
+    torch.manual_seed(5)
+    mods = [MODULES[n](torch.float32) for n in ("lstm", "gru", "peephole", "layernorm")]
+    x = torch.randn(T, B, I)
+    with torch.inference_mode():
+        want = [_stream(m, x)[0] for m in mods]
+    errors = []
+
+    def work(k):
+        try:
+            with torch.inference_mode():
+                for _ in range(20):
+                    MODULES["gru_nobias"](torch.float32)(x[:1])  # a fresh module: a fresh plan
+                    torch.testing.assert_close(_stream(mods[k], x)[0], want[k], rtol=0, atol=0)
+        except Exception as e:  # noqa: BLE001 - reported below, with the thread's index
+            errors.append((k, e))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(mods))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
