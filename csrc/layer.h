@@ -319,6 +319,7 @@ struct CellBase {
   static constexpr bool kHasProj = false;
   static constexpr bool kNeedsHPrev = false;  // backward_step reads h_{t-1}
   static constexpr bool kDirectDh = false;    // backward_step writes a part of dh_{t-1} itself (dh_prev)
+  static constexpr bool kProjectEpilogue = false;  // project_epilogue does something (LayerNormLSTM's norm)
   using Seq = void;  // the cell's whole-sequence description (cells/sequence.h), if it has one
   struct Params {};
   struct SavedIn {};  // what backward gets of Saved
@@ -475,6 +476,13 @@ cells::SeqBackwardArgs<S> seq_backward_args(const SeqBackwardCall<Cell>& c, cons
 // computes up to summation order (a product of two halves is exact in float32).
 struct AtenDevice {
   static constexpr bool kAccGates = false;
+  // One step's gate terms in one go (one_step_forward): gates [B, G] = x2d [B, I] @ w_ih^T + bias, and
+  // rec [B, G] (gates itself unless the cell keeps its recurrent term apart: then = h [B, P] @ w_hh^T, else
+  // += it). False: not done, the caller runs input_mm and the Recurrent hook. None here.
+  static bool one_step_gates(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const Tensor&, const Tensor&) {
+    return false;
+  }
   // Whether kAccGates applies to a layer of T steps: always, but a test device may switch it off to run
   // the storage-typed scheme, and the CPU takes it only where the weights' float32 copies pay off.
   static bool acc_gates_enabled(int64_t /*T*/) { return true; }
@@ -710,17 +718,24 @@ ForwardResult<Cell> one_step_forward(const LayerArgs& a, const Dims& d, const ty
   typename Cell::Saved saved = Cell::Saved::alloc(d, opts, /*training=*/false);
   Tensor gates = at::empty({B, G}, opts);
   const Tensor x2d = a.input.is_contiguous() ? a.input.view({B, I}) : a.input.reshape({B, I});
-  Dev::input_mm(gates, x2d, a.w_ih, Cell::input_bias(a, params));
-  Cell::template project_epilogue<Dev>(gates, Tensor(), saved, 0, 1, params);
-  const typename Dev::Recurrent w_hh(a.w_hh, B, 1);
   const Tensor h_prev = a.h0.contiguous();
-  ForwardResult<Cell> r;
-  r.output = at::empty({1, B, P}, opts);
-  r.h_n = at::empty({B, P}, opts);
+  const Tensor bias = Cell::input_bias(a, params);
   ForwardStep<Cell> st;
   st.gates = gates;
   st.rec = Cell::kSeparateRec ? at::empty({B, G}, opts) : Tensor();
-  recurrent_forward<Dev>(w_hh, Cell::kSeparateRec ? st.rec : gates, h_prev, /*accumulate=*/!Cell::kSeparateRec);
+  const Tensor& rec = Cell::kSeparateRec ? st.rec : gates;
+  // Both products at once where the device can and the cell has nothing to do between them; else as the
+  // step loop does.
+  const bool fused = !Cell::kProjectEpilogue && Dev::one_step_gates(gates, x2d, a.w_ih, bias, rec, h_prev, a.w_hh);
+  if (!fused) {
+    Dev::input_mm(gates, x2d, a.w_ih, bias);
+    Cell::template project_epilogue<Dev>(gates, Tensor(), saved, 0, 1, params);
+    const typename Dev::Recurrent w_hh(a.w_hh, B, 1);
+    recurrent_forward<Dev>(w_hh, rec, h_prev, /*accumulate=*/!Cell::kSeparateRec);
+  }
+  ForwardResult<Cell> r;
+  r.output = at::empty({1, B, P}, opts);
+  r.h_n = at::empty({B, P}, opts);
   st.h_prev = h_prev;
   if (Cell::kHasC) {
     st.c_prev = convert_flat(a.c0, acc).contiguous();

@@ -14,6 +14,7 @@ namespace fastlstm {
 struct LayerNormLstmCell : CellBase {
   static constexpr int kGates = 4;
   static constexpr bool kSeparateRec = true;
+  static constexpr bool kProjectEpilogue = true;
   struct Params {
     Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b;  // [4H] x 4, [H] x 2, S contiguous
     Tensor bias;                                                 // b_ih + b_hh [4H], or undefined

@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -167,6 +168,43 @@ struct CpuDevice : AtenDevice {
       return;
     }
     AtenDevice::input_mm(g2d, x2d, w_ih, bias);
+  }
+
+  // One streaming step's two products at batch 1 in one parallel region over the gate rows (AtenDevice's
+  // one_step_gates for the contract): each task fills its rows of gates with the bias, adds w_ih's rows . x,
+  // and adds (or, into a separate rec, writes) w_hh's rows . h. The same GEMV kernel calls in the same
+  // order as input_mm and Recurrent::forward make, so the same results; one fork/join instead of two, and
+  // a task's rows of both weights are read while its gate rows are in L1.
+  static bool one_step_gates(const Tensor& gates, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias,
+                             const Tensor& rec, const Tensor& h, const Tensor& w_hh) {
+    if (x2d.size(0) != 1 || !gemv_ok(x2d, w_ih) || !gemv_ok(h, w_hh) || !gates.is_contiguous() ||
+        !rec.is_contiguous() || rec.scalar_type() != gates.scalar_type() || w_ih.size(0) != w_hh.size(0) ||
+        gates.scalar_type() != x2d.scalar_type() || h.size(0) != 1)
+      return false;
+    if (bias.defined() && !(bias.is_contiguous() && bias.scalar_type() == gates.scalar_type() &&
+                            bias.numel() == gates.numel()))
+      return false;
+    const int64_t R = w_ih.size(0), I = w_ih.size(1), P = w_hh.size(1);
+    const auto fn = gemv_kernels().gemv;
+    const auto dtype = x2d.scalar_type();
+    const size_t es = gates.element_size();
+    const bool separate = !rec.is_same(gates);
+    char* g = static_cast<char*>(gates.data_ptr());
+    char* rp = static_cast<char*>(rec.data_ptr());
+    const char* bp = bias.defined() ? static_cast<const char*>(bias.data_ptr()) : nullptr;
+    const void *wi = w_ih.data_ptr(), *wh = w_hh.data_ptr(), *xp = x2d.data_ptr(), *hp = h.data_ptr();
+    at::parallel_for(0, R, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, I + P)), [&](int64_t r0, int64_t r1) {
+      const size_t off = size_t(r0) * es, n = size_t(r1 - r0) * es;
+      if (bp != nullptr) {
+        std::memcpy(g + off, bp + off, n);
+      } else {
+        std::memset(g + off, 0, n);  // +0.0 in every floating type
+      }
+      fn(dtype, wi, xp, g, r0, r1, I);
+      if (separate) std::memset(rp + off, 0, n);
+      fn(dtype, wh, hp, rp, r0, r1, P);
+    });
+    return true;
   }
 
   // The recurrent weight w [N, K] (N = G, K = P) for the steps of one op call: out [B, N] (+)= h [B, K] @ w^T
