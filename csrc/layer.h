@@ -485,7 +485,7 @@ struct AtenDevice {
   }
   // Whether kAccGates applies to a layer of T steps: always, but a test device may switch it off to run
   // the storage-typed scheme, and the CPU takes it only where the weights' float32 copies pay off.
-  static bool acc_gates_enabled(int64_t /*T*/) { return true; }
+  static bool acc_gates_enabled(int64_t /*T*/, at::ScalarType /*dtype*/) { return true; }
   // kAccGrads: where kAccGates applies, the half types' GEMMs run on float32 copies (the CPU, whose float32
   // GEMMs outrun its half-type ones): W_ih converted once per call for the input projection, and backward's
   // GEMMs over all steps (grad_input, grad_w_ih, grad_w_hh, grad_w_hr) in float32; CUDA keeps the operands in
@@ -569,7 +569,7 @@ struct AtenDevice {
 // Whether this device keeps a dtype's gate pre-activations in float32 (AtenDevice::kAccGates): half types only.
 template <class Dev>
 bool acc_gates_for(at::ScalarType dtype, int64_t T) {
-  return Dev::kAccGates && acc_type(dtype) != dtype && Dev::acc_gates_enabled(T);
+  return Dev::kAccGates && acc_type(dtype) != dtype && Dev::acc_gates_enabled(T, dtype);
 }
 
 // The recurrent product out (+)= h @ w^T through the device's hooks: its float32-output GEMM when out is

@@ -21,6 +21,17 @@ TOL = {
 LOWP_FACTOR = 2.0
 LOWP_SLACK = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
+
+
+def amx(dtype) -> bool:
+    """Whether this CPU has AMX tiles for dtype (cpuinfo, as csrc/cpu/device.cpp's has_amx reads it): there the
+    CPU ops keep a half type's gates in its storage dtype at every length and run oneDNN's half-type GEMMs
+    (AMX, far faster than float32), instead of float32 pre-activations from 4 steps on."""
+    flag = {torch.bfloat16: "amx_bf16", torch.float16: "amx_fp16"}.get(dtype)
+    caps = torch._C._cpu._get_cpu_capability()
+    return flag is not None and bool(caps.get(flag)) and bool(caps.get("amx_tile"))
+
+
 HAS_CUDA = torch.cuda.is_available() and fastlstm.has_kernels("cuda")
 NO_CUDA_REASON = ("no CUDA device" if not torch.cuda.is_available()
                   else "fastlstm was built without CUDA kernels")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastlstm
+from conftest import amx
 
 # Relative difference (norm) from the emulation, in units of the dtype's eps: measured 3.2e-3 eps (bfloat16)
 # and 6.9e-3 eps (float16) at T=16, against 0.33 and 0.33 eps with half-typed pre-activations (T=3).
@@ -33,6 +34,8 @@ def _emulated_lstm(m: torch.nn.LSTM, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_pre_activations_are_float32_on_the_cpu(dtype, grad):
+    if amx(dtype):
+        pytest.skip(f"this CPU has AMX for {dtype}: storage-typed gates (test_half_with_amx_keeps_storage_gates)")
     torch.manual_seed(0)
     ref = torch.nn.LSTM(32, 64).to(dtype)
     m = fastlstm.FastLSTM.from_lstm(ref)
@@ -74,4 +77,42 @@ def test_half_batch_one_steps_use_the_gemv_kernels_correctly(dtype):
     for what, ours, theirs, want in zip(("output", "grad_input"), run(fast, dtype), run(ref, dtype), exact):
         e_ours = (ours.double() - want).abs().max().item()
         e_ref = (theirs.double() - want).abs().max().item()
+        assert e_ours <= LOWP_FACTOR * e_ref + LOWP_SLACK[dtype], f"{what}: {e_ours:.3g} vs nn.LSTM {e_ref:.3g}"
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_with_amx_keeps_storage_gates(dtype, grad):
+    """On a CPU with AMX for the dtype, layers of 4 steps or more keep half-typed gates (oneDNN's half GEMMs):
+    farther from the float32 emulation than the float32 scheme is (whole roundings, as below 4 steps), and
+    within the low-precision rule against float64: outputs and input gradients at most LOWP_FACTOR x
+    nn.LSTM's own error in that dtype, + LOWP_SLACK."""
+    from conftest import LOWP_FACTOR, LOWP_SLACK
+
+    if not amx(dtype):
+        pytest.skip(f"this CPU has no AMX for {dtype}: float32 pre-activations there")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(32, 64).to(dtype)
+    ref64 = torch.nn.LSTM(32, 64).double()
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    m = fastlstm.FastLSTM.from_lstm(ref)
+    x = torch.randn(16, 8, 32).to(dtype)
+
+    def run(mod, xx):
+        xx = xx.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            y = mod(xx)[0]
+            g = torch.autograd.grad(y.float().sum(), xx)[0] if grad else None
+        return y.detach(), g
+
+    y, g = run(m, x)
+    want = _emulated_lstm(ref, x).double()
+    rel = ((y.double() - want).norm() / want.norm()).item()
+    assert rel > EMU_EPS * torch.finfo(dtype).eps, "float32 pre-activations, where AMX should take half GEMMs"
+    exact, g_exact = run(ref64, x.double())
+    theirs, g_theirs = run(ref, x)
+    pairs = [("output", y, theirs, exact)] + ([("grad_input", g, g_theirs, g_exact)] if grad else [])
+    for what, ours, tr, ex in pairs:
+        e_ours = (ours.double() - ex).abs().max().item()
+        e_ref = (tr.double() - ex).abs().max().item()
         assert e_ours <= LOWP_FACTOR * e_ref + LOWP_SLACK[dtype], f"{what}: {e_ours:.3g} vs nn.LSTM {e_ref:.3g}"

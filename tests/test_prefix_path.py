@@ -107,3 +107,32 @@ def test_packed_sequences_of_one_length_run_unmasked(model, B, monkeypatch):
     assert calls[0][0].shape == (6, B, 4)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("shape", [dict(T=6, B=5, I=3, H=7), dict(T=9, B=6, I=16, H=32)], ids=["small", "seq"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_projects_only_the_active_rows(cell, reverse, shape):
+    """Sorted-lengths inference projects each step's active rows only (a PackedSequence's real rows): the
+    padded rows' input may hold anything, NaN here, and the results equal the masked path's, which projects
+    every row and selects (the shuffled batch), for every cell, both directions, and a shape the CPU's
+    whole-sequence path takes."""
+    B = shape["B"]
+    lengths = [shape["T"], shape["T"] - 1, 3, 3, 1, 1][:B]
+    cfg = dict(shape, lengths=lengths, reverse=reverse)
+    name, fwd, _ = make_case(cell, cfg, torch.float64)
+    op = getattr(OPS, f"{name}_inference")
+    names = [a.name for a in op.default._schema.arguments]
+    fwd = list(fwd)
+    x = fwd[names.index("input")].clone()
+    for b, n in enumerate(lengths):
+        x[n:, b] = float("nan")
+    fwd[names.index("input")] = x
+    perm = torch.roll(torch.arange(B), 2)
+    inv = torch.argsort(perm)
+    got = op(*fwd)
+    masked = op(*_permute(fwd, names, perm))
+    for a, b in zip(got, masked):
+        b = b.index_select(1 if a.dim() == 3 else 0, inv)
+        assert not a.isnan().any()
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

@@ -97,7 +97,7 @@ struct HarnessDevice : AtenDevice {
   static constexpr bool kAccGates = true;
   template <class Cell>
   using Sequence = gpu::PersistentSequence<Cell, HarnessRunner>;
-  static bool acc_gates_enabled(int64_t T) { return g_acc_gates && T >= g_acc_min_steps; }
+  static bool acc_gates_enabled(int64_t T, at::ScalarType) { return g_acc_gates && T >= g_acc_min_steps; }
 
   // Every block of the grid the launcher would launch, in turn.
   template <class Pass, class Make>
