@@ -20,15 +20,32 @@ with autocast disabled in the parameters' dtype, which is what nn.LSTM's float32
 rounding of its individually autocast matmuls.
 
 One deliberate difference: nn.LSTM under CPU float16 autocast with autograd recording raises oneDNN's "could
-not create a primitive descriptor"; fastlstm's float16 CPU kernels run it and return float16.
+not create a primitive descriptor", and on a CPU without float16 arithmetic (no avx512_fp16 / amx_fp16: an AMD
+EPYC, say) it raises that without autograd too; fastlstm's float16 CPU kernels run it and return float16.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
+
+
+@functools.lru_cache(maxsize=None)
+def torch_lstm_runs_cpu_float16_autocast() -> bool:
+    """Whether nn.LSTM itself runs under CPU float16 autocast without autograd on this CPU (a one-step probe,
+    once per process). It takes oneDNN's RNN primitive there, which a CPU without float16 arithmetic cannot
+    create; callers that would run nn.LSTM so (the char-RNN's torch backend) give a clear error instead."""
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+            torch.nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
+        return True
+    except RuntimeError as e:
+        if "primitive descriptor" not in str(e):
+            raise
+        return False
 
 
 # Fixed for the build; resolved once, also because Dynamo refuses to trace the query.

@@ -1,9 +1,17 @@
 """Shared test configuration: devices, and the tolerances, stated once per dtype."""
 import contextlib
 import os
+from unittest import mock
 
-import pytest
-import torch
+# MKL's conditional numerical reproducibility, set before torch loads MKL: without it, MKL's GEMMs on some CPUs
+# (seen on an AMD EPYC) round the same product differently with the operands' memory alignment, which breaks
+# the tests that assert two of fastlstm's paths (inference and the training forward, say) give the same
+# numbers exactly, although fastlstm's own code computes the same thing both ways. STRICT: whatever the
+# alignment. A value already in the environment is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import fastlstm
 from cuda_paths import persistent_status, set_persistent
@@ -30,6 +38,18 @@ def amx(dtype) -> bool:
     flag = {torch.bfloat16: "amx_bf16", torch.float16: "amx_fp16"}.get(dtype)
     caps = torch._C._cpu._get_cpu_capability()
     return flag is not None and bool(caps.get(flag)) and bool(caps.get("amx_tile"))
+
+
+@contextlib.contextmanager
+def one_direction_at_a_time():
+    """Inference runs a bidirectional layer's directions one after the other with ATen's threads, as training
+    does, instead of through the *_inference_pair ops (each direction on one thread, its GEMMs sequential).
+    MKL's sequential and threaded GEMMs of the same shapes may round differently (seen on an AMD EPYC: 1 ulp
+    in float32 and float64), so a test that asserts inference equals the training forward *exactly* runs its
+    inference under this; tests/test_pairs.py pins the pair ops, exactly, against the one-direction ops on
+    one thread."""
+    with mock.patch.dict(fastlstm.ops._PAIR_OPS, clear=True):
+        yield
 
 
 HAS_CUDA = torch.cuda.is_available() and fastlstm.has_kernels("cuda")

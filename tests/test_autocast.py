@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastlstm
 from conftest import DEVICES
+from fastlstm.autocast import torch_lstm_runs_cpu_float16_autocast
 
 BF, HALF = torch.bfloat16, torch.float16
 # bfloat16 keeps 8 bits: after a few steps results agree with nn.LSTM's to a couple of bf16 ulps.
@@ -99,17 +100,23 @@ def test_cpu_gru_is_not_autocast_as_nn_gru():
 
 
 def test_cpu_float16_as_nn_lstm_without_autograd():
-    # nn.LSTM only runs CPU float16 autocast without autograd (with it, oneDNN raises; fastlstm runs it).
+    # nn.LSTM runs CPU float16 autocast at most without autograd (with it, oneDNN raises; fastlstm runs it),
+    # and on a CPU without float16 arithmetic not at all: there fastlstm's side is checked, and the parity skips.
     ref, fast = _pair(nn.LSTM, fastlstm.FastLSTM, "cpu")
     x = _input(False, "cpu")
     with torch.no_grad():
-        want, got = _run(ref, x, None, "cpu", HALF), _run(fast, x, None, "cpu", HALF)
-    assert [t.dtype for t in got] == [t.dtype for t in want] == [HALF] * 3
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a.float(), b.float(), **LOWP_TOL[HALF])
+        got = _run(fast, x, None, "cpu", HALF)
+        want = _run(ref, x, None, "cpu", HALF) if torch_lstm_runs_cpu_float16_autocast() else None
+    assert [t.dtype for t in got] == [HALF] * 3
     out = _run(fast, x.requires_grad_(), None, "cpu", HALF)[0]
     out.float().sum().backward()
     assert out.dtype == HALF and fast.weight_ih_l0.grad.dtype == torch.float32
+    if want is None:
+        pytest.skip("parity part: nn.LSTM under CPU float16 autocast fails on this CPU (oneDNN: 'could not "
+                    "create a primitive descriptor'; no avx512_fp16 / amx_fp16)")
+    assert [t.dtype for t in want] == [HALF] * 3
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), **LOWP_TOL[HALF])
 
 
 @pytest.mark.parametrize("cls", [fastlstm.FastLSTM, fastlstm.PeepholeLSTM, fastlstm.LayerNormLSTM])

@@ -35,8 +35,8 @@ def load_model(checkpoint: str, device: str = "cpu", backend: Optional[str] = No
     cell = cfg.get("cell", "lstm")
     if cell == "peephole" and (backend or cfg["backend"]) != "fastlstm":
         raise CharRNNError("--backend torch: this checkpoint is a peephole LSTM, which torch.nn does not have")
-    # Sampling runs without autograd, where every backend runs every dtype (nn.LSTM's float16 CPU
-    # limit is its training primitive); the name is still checked, a stored one included.
+    # Sampling runs without autograd, where nn.LSTM's float16 CPU limit is only this CPU's (oneDNN needs float16
+    # arithmetic there); the name is still checked, a stored one included.
     check_dtype(dtype or cfg.get("dtype", "float32"), device, backend or cfg["backend"], cell, training=False)
     try:
         vocab = Vocab(ckpt["vocab"])

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..autocast import torch_lstm_runs_cpu_float16_autocast
 from .data import Vocab, batch_rows, load_text, num_batches, split
 from .errors import OPTIONAL, TRAIN_CHECKS, CharRNNError, check, flag
 from .model import BACKENDS, CELLS, DTYPES, CharRNN, State, detach
@@ -245,6 +246,12 @@ def check_dtype(dtype, device: str, backend: str, cell: str, training: bool) -> 
         raise CharRNNError("--dtype float16 --device cpu: torch.nn.LSTM cannot train in float16 on the CPU "
                            "(oneDNN has no float16 LSTM training primitive); use --dtype bfloat16, "
                            "--backend fastlstm, or --device cuda")
+    if (dtype == "float16" and device == "cpu" and backend == "torch" and cell == "lstm"
+            and not torch_lstm_runs_cpu_float16_autocast()):
+        # Without autograd oneDNN has a float16 LSTM primitive only for CPUs with float16 arithmetic.
+        raise CharRNNError("--dtype float16 --device cpu: torch.nn.LSTM cannot run float16 on this CPU "
+                           "(oneDNN has no float16 LSTM primitive for a CPU without avx512_fp16 / amx_fp16); "
+                           "use --dtype bfloat16, --backend fastlstm, or --device cuda")
 
 
 def _resolve_config(args: dict, ckpt: Optional[dict]) -> dict:
