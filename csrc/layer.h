@@ -217,22 +217,24 @@ inline void addmm_into(const Tensor& out, const Tensor& a, const Tensor& b) {
 // T=50, B=64, H=256). mm_acc_rows: a [R, K] @ b [K, N] -> [R, N]; mm_acc_tn: a^T b for a [R, M], b [R, N]
 // -> [M, N], summed over the chunks in float32.
 inline int64_t acc_chunk_rows(int64_t width) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, width)); }
-inline Tensor mm_acc_rows(const Tensor& a, const Tensor& b, at::ScalarType out) {
+template <class Dev>
+Tensor mm_acc_rows(const Tensor& a, const Tensor& b, at::ScalarType out) {
   const int64_t R = a.size(0), rows = acc_chunk_rows(a.size(1));
   const Tensor bf = b.to(at::kFloat);
   Tensor r = at::empty({R, b.size(1)}, a.options().dtype(out));
   for (int64_t i = 0; i < R; i += rows) {
     const int64_t n = std::min(rows, R - i);
-    r.narrow(0, i, n).copy_(at::mm(a.narrow(0, i, n).to(at::kFloat), bf));
+    r.narrow(0, i, n).copy_(Dev::mm(a.narrow(0, i, n).to(at::kFloat), bf));
   }
   return r;
 }
-inline Tensor mm_acc_tn(const Tensor& a, const Tensor& b, at::ScalarType out) {
+template <class Dev>
+Tensor mm_acc_tn(const Tensor& a, const Tensor& b, at::ScalarType out) {
   const int64_t R = a.size(0), rows = acc_chunk_rows(std::max(a.size(1), b.size(1)));
   Tensor acc = at::zeros({a.size(1), b.size(1)}, a.options().dtype(at::kFloat));
   for (int64_t i = 0; i < R; i += rows) {
     const int64_t n = std::min(rows, R - i);
-    acc.addmm_(a.narrow(0, i, n).to(at::kFloat).t(), b.narrow(0, i, n).to(at::kFloat));
+    Dev::addmm_(acc, a.narrow(0, i, n).to(at::kFloat).t(), b.narrow(0, i, n).to(at::kFloat));
   }
   return out == at::kFloat ? acc : acc.to(out);
 }
@@ -513,6 +515,9 @@ struct AtenDevice {
     void forward(const SeqForwardCall<Cell>&) {}
     void backward(const SeqBackwardCall<Cell>&) {}
   };
+  // [M, N] = a [M, K] @ b [K, N], and out [M, N] += a @ b: the layer's GEMMs over all steps (backward's).
+  static Tensor mm(const Tensor& a, const Tensor& b) { return at::mm(a, b); }
+  static void addmm_(const Tensor& out, const Tensor& a, const Tensor& b) { const_cast<Tensor&>(out).addmm_(a, b); }
   // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]).
   static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
     if (bias.defined()) {
@@ -1082,20 +1087,20 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   // With acc_mm these GEMMs run in float32 on float32 copies of row chunks (mm_acc_rows, mm_acc_tn: a few
   // MiB at a time, so training's peak memory does not grow by float32 copies of [T, B, G]).
   const bool acc_mm = Dev::kAccGrads && acc_gates_for<Dev>(dtype, T);
-  r.grad_input = (acc_mm ? mm_acc_rows(dp2, a.w_ih, dtype) : at::mm(dp2, a.w_ih)).view({T, B, I});
+  r.grad_input = (acc_mm ? mm_acc_rows<Dev>(dp2, a.w_ih, dtype) : Dev::mm(dp2, a.w_ih)).view({T, B, I});
   const Tensor x2d = a.input.reshape({T * B, I});
-  r.grad_w_ih = acc_mm ? mm_acc_tn(dp2, x2d, dtype) : at::mm(dp2.t(), x2d);
+  r.grad_w_ih = acc_mm ? mm_acc_tn<Dev>(dp2, x2d, dtype) : Dev::mm(dp2.t(), x2d);
   // grad_w_hh = sum_t dgh_t^T h_{t-1}. Unmasked, h_{t-1} is the previous step's output (h0 for the first):
   // one GEMM over the T-1 shifted steps plus one for h0, with no [T, B, P] copy of the shifted outputs.
   if (h_prev_all.defined()) {
-    r.grad_w_hh = acc_mm ? mm_acc_tn(dgh.view({T * B, G}), h_prev_all.view({T * B, P}), dtype)
-                         : at::mm(dgh.view({T * B, G}).t(), h_prev_all.view({T * B, P}));
+    r.grad_w_hh = acc_mm ? mm_acc_tn<Dev>(dgh.view({T * B, G}), h_prev_all.view({T * B, P}), dtype)
+                         : Dev::mm(dgh.view({T * B, G}).t(), h_prev_all.view({T * B, P}));
   } else if (T == 0) {
     r.grad_w_hh = at::zeros({G, P}, opts);
   } else {
     const int64_t first = a.reverse ? T - 1 : 0;
     if (acc_mm) {
-      r.grad_w_hh = mm_acc_tn(dgh[first], a.h0, acc);
+      r.grad_w_hh = mm_acc_tn<Dev>(dgh[first], a.h0, acc);
     } else {
       r.grad_w_hh = at::mm(dgh[first].t(), a.h0);
     }
@@ -1103,9 +1108,9 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
       const Tensor dg_rest = dgh.narrow(0, a.reverse ? 0 : 1, T - 1).reshape({(T - 1) * B, G});
       const Tensor h_rest = out.narrow(0, a.reverse ? 1 : 0, T - 1).reshape({(T - 1) * B, P});
       if (acc_mm) {
-        r.grad_w_hh.add_(mm_acc_tn(dg_rest, h_rest, acc));
+        r.grad_w_hh.add_(mm_acc_tn<Dev>(dg_rest, h_rest, acc));
       } else {
-        r.grad_w_hh.addmm_(dg_rest.t(), h_rest);
+        Dev::addmm_(r.grad_w_hh, dg_rest.t(), h_rest);
       }
     }
     if (prefix && a.reverse) {
@@ -1118,7 +1123,7 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
         const Tensor dg_first = dgh.view({T * B, G}).index_select(0, flat);
         const Tensor h_first = a.h0.index_select(0, rows);
         if (acc_mm) {
-          r.grad_w_hh.add_(mm_acc_tn(dg_first, h_first, acc));
+          r.grad_w_hh.add_(mm_acc_tn<Dev>(dg_first, h_first, acc));
         } else {
           r.grad_w_hh.addmm_(dg_first.t(), h_first);
         }
@@ -1129,8 +1134,8 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
   // A step where an element is inactive did not use its projection: no gradient reaches w_hr from it.
   if (proj && mask.defined()) dh_all.masked_fill_(mask.logical_not(), 0);
   if (proj) {
-    r.grad_w_hr = acc_mm ? mm_acc_tn(dh_all.view({T * B, P}), hraw_all.view({T * B, H}), dtype)
-                         : at::mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}));
+    r.grad_w_hr = acc_mm ? mm_acc_tn<Dev>(dh_all.view({T * B, P}), hraw_all.view({T * B, H}), dtype)
+                         : Dev::mm(dh_all.view({T * B, P}).t(), hraw_all.view({T * B, H}));
   }
   r.dgx = dgx;
   r.dgh = dgh;

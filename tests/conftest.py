@@ -52,6 +52,17 @@ def one_direction_at_a_time():
         yield
 
 
+def amd_cpu() -> bool:
+    """Whether the CPU is AMD's (CPUID's vendor string, as csrc/cpu/device.cpp's amd_cpu reads it; Linux's
+    /proc/cpuinfo here). There the CPU ops run their large float32 GEMMs on oneDNN and the whole-sequence path
+    up to 2 MiB panels."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        return False
+
+
 HAS_CUDA = torch.cuda.is_available() and fastlstm.has_kernels("cuda")
 NO_CUDA_REASON = ("no CUDA device" if not torch.cuda.is_available()
                   else "fastlstm was built without CUDA kernels")

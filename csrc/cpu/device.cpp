@@ -2,15 +2,31 @@
 // rows.h, threaded over batch rows with at::parallel_for), and the recurrent GEMM hooks (batch-1 GEMV
 // kernels; MKL's packed SGEMM with the weight packed once per op call). Registers every cell's ops for CPU.
 #include <ATen/ATen.h>
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <ATen/cpu/Utils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
+#if AT_MKLDNN_ENABLED()
+namespace at {
+namespace native {
+// aten/src/ATen/native/mkldnn/Matmul.cpp, exported by libtorch_cpu (its header is not installed): result =
+// beta * result + alpha * mat1 @ mat2 through oneDNN's matmul primitive, written into result's own storage
+// (2-D: mat1 [M, K], mat2 [K, N], result [M, N], each contiguous or transposed-contiguous).
+TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta, float alpha);
+}  // namespace native
+}  // namespace at
+#endif
 
 #include "../cells/ops.h"
 #include "../cells/pairs.h"
@@ -70,6 +86,11 @@ SeqKernels<Seq, S> seq_kernels() {
   }
 }
 bool seq_simd() { return isa() != Isa::DEFAULT; }
+bool amd_cpu();
+bool seq_large_panels() {
+  static const bool k = amd_cpu();
+  return k;
+}
 
 namespace {
 
@@ -116,6 +137,73 @@ inline bool has_amx(at::ScalarType dtype) {
     return std::make_pair(flag("amx_bf16") && flag("amx_tile"), flag("amx_fp16") && flag("amx_tile"));
   }();
   return dtype == at::kBFloat16 ? k.first : dtype == at::kHalf ? k.second : false;
+}
+
+}  // namespace
+
+// Whether the CPU is AMD's (CPUID's vendor string).
+bool amd_cpu() {
+#if defined(__x86_64__) || defined(_M_X64)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
+  char v[13];
+  std::memcpy(v, &b, 4);
+  std::memcpy(v + 4, &d, 4);
+  std::memcpy(v + 8, &c, 4);
+  v[12] = 0;
+  return std::strcmp(v, "AuthenticAMD") == 0;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// Which library runs the large float32 GEMMs (the input projection, the per-step recurrent products): oneDNN's
+// matmul on an AMD CPU, MKL (packed for the steps) elsewhere. On an AMD EPYC (Zen 4, 2 threads) oneDNN
+// measured 1.26-1.4x MKL's rate, side by side: [3200, 256] x [256, 1024] 9.9 ms against 12.4 ms (addmm),
+// the step GEMM [64, 256] x [256, 1024] 232 us against 285-300 us, [32, 512] x [512, 2048] 532 us against
+// 758 us; but slower below ~8M multiply-adds (oneDNN's per-call cost: [16, 64] x [64, 256] 34 us against
+// 12 us; [8, 256] x [256, 1024] a tie), hence kOnednnMinMacs. On Intel CPUs MKL is the measured baseline.
+// FASTLSTM_CPU_GEMM=mkl / onednn overrides the vendor rule (read per call; tests run both), and
+// torch.backends.mkldnn.enabled = False keeps every GEMM on MKL. The choice depends only on the shape and
+// these settings, never on timing, so a run is reproducible.
+constexpr int64_t kOnednnMinMacs = int64_t(1) << 23;
+inline bool onednn_gemms() {
+#if AT_MKLDNN_ENABLED()
+  if (!at::globalContext().userEnabledMkldnn()) return false;
+  const char* v = std::getenv("FASTLSTM_CPU_GEMM");
+  if (v != nullptr && std::strcmp(v, "onednn") == 0) return true;
+  if (v != nullptr && std::strcmp(v, "mkl") == 0) return false;
+  static const bool amd = amd_cpu();
+  return amd;
+#else
+  return false;
+#endif
+}
+// Whether out [M, N] (+)= a [M, K] @ b [K, N] goes to oneDNN: onednn_gemms(), a product of kOnednnMinMacs or
+// more, float32 throughout, out contiguous, a and b contiguous or transposed-contiguous (oneDNN's plain layouts).
+inline bool onednn_takes(const Tensor& out, const Tensor& a, const Tensor& b) {
+#if AT_MKLDNN_ENABLED()
+  auto plain = [](const Tensor& t) {
+    return t.scalar_type() == at::kFloat && t.dim() == 2 && !t.is_conj() && !t.is_neg() &&
+           (t.is_contiguous() || t.t().is_contiguous());
+  };
+  return plain(a) && plain(b) && out.scalar_type() == at::kFloat && out.is_contiguous() &&
+         a.size(0) * a.size(1) * b.size(1) >= kOnednnMinMacs && onednn_gemms();
+#else
+  return false;
+#endif
+}
+// out (+)= a @ b through oneDNN where onednn_takes says so (false: nothing done).
+inline bool onednn_mm(const Tensor& out, const Tensor& a, const Tensor& b, bool accumulate) {
+#if AT_MKLDNN_ENABLED()
+  if (!onednn_takes(out, a, b)) return false;
+  at::native::mkldnn_matmul(a, b, out, accumulate ? 1.f : 0.f, 1.f);
+  return true;
+#else
+  return false;
+#endif
 }
 
 // Fewer steps than this and packing costs more than it saves: MKL's reorder of [2048, 512] measured 447 us
@@ -174,6 +262,16 @@ struct CpuDevice : AtenDevice {
     }
   }
 
+  // AtenDevice's backward GEMMs, on oneDNN where onednn_takes says so.
+  static Tensor mm(const Tensor& a, const Tensor& b) {
+    Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+    if (onednn_mm(out, a, b, /*accumulate=*/false)) return out;
+    return at::mm(a, b);
+  }
+  static void addmm_(const Tensor& out, const Tensor& a, const Tensor& b) {
+    if (!onednn_mm(out, a, b, /*accumulate=*/true)) const_cast<Tensor&>(out).addmm_(a, b);
+  }
+
   // g2d [R, G] = x2d [R, I] @ w_ih^T (+ bias [G]). A single row (one streaming step at batch 1) goes through
   // the GEMV kernel, as the recurrent product does.
   static void input_mm(const Tensor& g2d, const Tensor& x2d, const Tensor& w_ih, const Tensor& bias) {
@@ -184,6 +282,12 @@ struct CpuDevice : AtenDevice {
         const_cast<Tensor&>(g2d).zero_();
       }
       gemv(g2d, x2d, w_ih);
+      return;
+    }
+    if (onednn_takes(g2d, x2d, w_ih.t()) && (!bias.defined() || bias.scalar_type() == at::kFloat)) {
+      // The bias into every row first, as addmm does, then the product added onto it.
+      if (bias.defined()) const_cast<Tensor&>(g2d).copy_(bias.view({1, -1}).expand_as(g2d));
+      onednn_mm(g2d, x2d, w_ih.t(), /*accumulate=*/bias.defined());
       return;
     }
     AtenDevice::input_mm(g2d, x2d, w_ih, bias);
@@ -287,6 +391,7 @@ struct CpuDevice : AtenDevice {
         void* y = o.data_ptr();
         at::parallel_for(0, C, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, R)),
                          [&](int64_t c0, int64_t c1) { fn(dtype, wp, a, y, c0, c1, R, C); });
+      } else if (onednn_mm(o, dg, w, accumulate)) {
       } else if (packable) {
         const Tensor d = linear(w, p, dg, [](const Tensor& x) { return x.t().contiguous(); });
         if (accumulate) {
@@ -306,6 +411,7 @@ struct CpuDevice : AtenDevice {
       if (h.size(0) == 1 && gemv_ok(h, w) && o.is_contiguous()) {
         if (!accumulate) o.zero_();
         gemv(o, h, w);
+      } else if (onednn_mm(o, h, w.t(), accumulate)) {
       } else if (packable) {
         const Tensor hw = linear(w, p, h, [](const Tensor& x) { return x.contiguous(); });
         if (accumulate) {

@@ -48,6 +48,9 @@ SeqKernels<Seq, S> seq_kernels();
 // Whether the instruction set has SIMD kernels (AVX2, AVX-512): the path is never taken automatically on
 // ATen's scalar fallback.
 bool seq_simd();
+// Whether this is a CPU where the path measured faster than the per-step one up to kSeqAmdPanelBytes (AMD's:
+// device.cpp reads CPUID).
+bool seq_large_panels();
 
 // A barrier for the blocks of one layer call: each thread arrives once per step for all the blocks it runs.
 // Spins (the wait is well under a microsecond when every thread has a core), then yields, so a thread whose
@@ -113,6 +116,13 @@ constexpr int64_t kSeqWideBackwardBatch = 16;
 // per-step path's GEMV kernels are cheapest, it takes T >= H / 2 (measured break-even: T = 64 at H = 128,
 // below T = 32 at H = 64).
 constexpr int64_t kSeqMinSteps = 8;
+// On an AMD EPYC (Zen 4, 1 MiB L2 per core, 2 threads; seq_large_panels), where the per-step path's GEMMs
+// (oneDNN's there, MKL's slower still) block less well, the path won at every shape measured up to 2 MiB
+// panels (H = 512), paired runs in separate processes, per-step path / this one, float32: inference T=50
+// H=256 B=16 1.56x, B=32 1.25x, B=64 1.15x, B=128 1.03x; T=100 B=32 H=512 1.09x; training T=50 H=256 B=16
+// 1.15x, B=64 1.06x. Batch 4 and up (the small-batch rule above was measured on Intel only).
+constexpr int64_t kSeqAmdPanelBytes = int64_t(2) << 20;
+constexpr int64_t kSeqAmdMinBatch = 4;
 
 // FASTLSTM_CPU_SEQUENCE: 0 off, 1 wherever it can run, unset (or anything else) where it measured faster.
 inline int seq_mode() {
@@ -243,7 +253,8 @@ class CpuSequence {
     const int64_t panel = p.k * p.n * int64_t(sizeof(float));
     const bool wide = panel <= kSeqWidePanelBytes &&
         (backward ? d.B <= kSeqWideBackwardBatch : d.B >= kSeqWideForward[0] && d.B <= kSeqWideForward[1]);
-    return seq_simd() && (panel <= kSeqPanelBytes || wide) && d.B <= kSeqMaxBatch && d.T >= kSeqMinSteps &&
+    const bool large = panel <= kSeqAmdPanelBytes && d.B >= kSeqAmdMinBatch && seq_large_panels();
+    return seq_simd() && (panel <= kSeqPanelBytes || wide || large) && d.B <= kSeqMaxBatch && d.T >= kSeqMinSteps &&
            (d.B > 1 || 2 * d.T >= d.H);
   }
 
