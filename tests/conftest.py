@@ -31,13 +31,17 @@ LOWP_SLACK = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 
-def amx(dtype) -> bool:
-    """Whether this CPU has AMX tiles for dtype (cpuinfo, as csrc/cpu/device.cpp's has_amx reads it): there the
-    CPU ops keep a half type's gates in its storage dtype at every length and run oneDNN's half-type GEMMs
-    (AMX, far faster than float32), instead of float32 pre-activations from 4 steps on."""
-    flag = {torch.bfloat16: "amx_bf16", torch.float16: "amx_fp16"}.get(dtype)
+def native_half_gemms(dtype) -> bool:
+    """Whether oneDNN's GEMMs in dtype run on this CPU's own half-type dot products (cpuinfo, as
+    csrc/cpu/device.cpp's native_half_gemms reads it): bfloat16 with AMX or AVX512-BF16, float16 with AMX. There
+    the CPU ops keep a half type's gates in its storage dtype at every length and run oneDNN's half-type GEMMs
+    (faster than float32 there), instead of float32 pre-activations from 4 steps on."""
     caps = torch._C._cpu._get_cpu_capability()
-    return flag is not None and bool(caps.get(flag)) and bool(caps.get("amx_tile"))
+    if dtype == torch.bfloat16:
+        return (bool(caps.get("amx_bf16")) and bool(caps.get("amx_tile"))) or bool(caps.get("avx512_bf16"))
+    if dtype == torch.float16:
+        return bool(caps.get("amx_fp16")) and bool(caps.get("amx_tile"))
+    return False
 
 
 @contextlib.contextmanager

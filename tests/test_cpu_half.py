@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastlstm
-from conftest import amx
+from conftest import native_half_gemms
 
 # Relative difference (norm) from the emulation, in units of the dtype's eps: measured 3.2e-3 eps (bfloat16)
 # and 6.9e-3 eps (float16) at T=16, against 0.33 and 0.33 eps with half-typed pre-activations (T=3).
@@ -34,8 +34,9 @@ def _emulated_lstm(m: torch.nn.LSTM, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_pre_activations_are_float32_on_the_cpu(dtype, grad):
-    if amx(dtype):
-        pytest.skip(f"this CPU has AMX for {dtype}: storage-typed gates (test_half_with_amx_keeps_storage_gates)")
+    if native_half_gemms(dtype):
+        pytest.skip(f"oneDNN has this CPU's own dot products for {dtype}: storage-typed gates "
+                    "(test_half_with_native_dot_products_keeps_storage_gates)")
     torch.manual_seed(0)
     ref = torch.nn.LSTM(32, 64).to(dtype)
     m = fastlstm.FastLSTM.from_lstm(ref)
@@ -82,15 +83,16 @@ def test_half_batch_one_steps_use_the_gemv_kernels_correctly(dtype):
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_half_with_amx_keeps_storage_gates(dtype, grad):
-    """On a CPU with AMX for the dtype, layers of 4 steps or more keep half-typed gates (oneDNN's half GEMMs):
+def test_half_with_native_dot_products_keeps_storage_gates(dtype, grad):
+    """Where oneDNN has the CPU's own dot products for the dtype (AMX; AVX512-BF16 for bfloat16), layers of 4
+    steps or more keep half-typed gates (oneDNN's half GEMMs):
     farther from the float32 emulation than the float32 scheme is (whole roundings, as below 4 steps), and
     within the low-precision rule against float64: outputs and input gradients at most LOWP_FACTOR x
     nn.LSTM's own error in that dtype, + LOWP_SLACK."""
     from conftest import LOWP_FACTOR, LOWP_SLACK
 
-    if not amx(dtype):
-        pytest.skip(f"this CPU has no AMX for {dtype}: float32 pre-activations there")
+    if not native_half_gemms(dtype):
+        pytest.skip(f"no half-type dot products for {dtype} on this CPU: float32 pre-activations there")
     torch.manual_seed(0)
     ref = torch.nn.LSTM(32, 64).to(dtype)
     ref64 = torch.nn.LSTM(32, 64).double()

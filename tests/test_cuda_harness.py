@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import amx
+from conftest import native_half_gemms
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS_SRC = ROOT / "tests" / "harness" / "harness.cpp"
@@ -185,8 +185,9 @@ def check_against_cpu(ops, cell, cfg, dtype):
     saved tensors that differ by roundings (which the layer norm's backward amplifies past HTOL). The
     layer-norm cell's forward gets 3x HTOL there: its norms amplify those roundings over the steps (measured
     1.07x HTOL in float16 c_n, "lengths")."""
-    # The CPU's rule: never on a CPU with AMX for the dtype (conftest.amx), there storage-typed at any length.
-    ops.set_acc_gates(not amx(dtype), 4)
+    # The CPU's rule: never where oneDNN has the CPU's own dot products for the dtype
+    # (conftest.native_half_gemms), there storage-typed at any length.
+    ops.set_acc_gates(not native_half_gemms(dtype), 4)
     (h_out, h_grads, h_inf), (c_out, c_grads, c_inf) = run_both(ops, cell, cfg, dtype)
     ops.set_acc_gates(True)
     assert_same(h_out, c_out, dtype, "forward")

@@ -126,15 +126,20 @@ struct MklPacked {
   }
 };
 
-// Whether this CPU has AMX tiles for `dtype` (bfloat16: amx_bf16, float16: amx_fp16), as cpuinfo reports them.
-inline bool has_amx(at::ScalarType dtype) {
+// Whether oneDNN's GEMMs in `dtype` run on this CPU's own half-type dot products (cpuinfo): bfloat16 with AMX
+// tiles (amx_bf16) or AVX512-BF16's vdpbf16ps, float16 with AMX tiles (amx_fp16); float32 accumulation either
+// way. There they outrun float32 GEMMs: bf16 [3200, 256] x [256, 1024] 0.90 ms against 8.6 ms in float32
+// (a Xeon with AMX); 5.5 ms against 10.3 ms (oneDNN's float32), [64, 256] x [256, 1024] 181 us against 263 us
+// (an AMD EPYC, Zen 4, with AVX512-BF16 and no AMX, 2 threads, side by side).
+inline bool native_half_gemms(at::ScalarType dtype) {
   static const std::pair<bool, bool> k = [] {
     const auto caps = at::cpu::get_cpu_capabilities();
     auto flag = [&](const char* name) {
       const auto it = caps.find(name);
       return it != caps.end() && it->second.isBool() && it->second.toBool();
     };
-    return std::make_pair(flag("amx_bf16") && flag("amx_tile"), flag("amx_fp16") && flag("amx_tile"));
+    return std::make_pair((flag("amx_bf16") && flag("amx_tile")) || flag("avx512_bf16"),
+                          flag("amx_fp16") && flag("amx_tile"));
   }();
   return dtype == at::kBFloat16 ? k.first : dtype == at::kHalf ? k.second : false;
 }
@@ -216,15 +221,16 @@ constexpr int64_t kMinPackedSteps = 4;
 struct CpuDevice : AtenDevice {
   // bfloat16 / float16 layers of kMinPackedSteps steps or more run their forward GEMMs in float32 on copies
   // of the operands made once per call (the weights, MKL-packed) or per chunk (the input): this CPU's
-  // float32 GEMMs outrun its half-type ones (no AMX; measured: bf16 input projection 190 GFLOP/s, float32
-  // 318 GFLOP/s at T=100, B=32, H=512), and the pre-activations are then float32, as on CUDA and in cuDNN.
+  // float32 GEMMs outrun its half-type ones (a Xeon without half-type dot products; measured: bf16 input
+  // projection 190 GFLOP/s, float32 318 GFLOP/s at T=100, B=32, H=512), and the pre-activations are then
+  // float32, as on CUDA and in cuDNN.
   //
-  // Not on a CPU with AMX for the dtype: there oneDNN's half-type GEMMs (AMX tiles, float32 accumulation,
-  // one rounding) outrun float32 ones by far (bf16 [3200, 256] x [256, 1024]: 0.90 ms against 8.6 ms in
-  // float32, this session's Xeon with AMX), and the layer keeps its gates in the storage dtype, as below 4
-  // steps: the GEMMs are ATen's half-type ones, backward's included.
+  // Not where oneDNN has the CPU's own dot products for the dtype (native_half_gemms: AMX, or AVX512-BF16 for
+  // bfloat16): there its half-type GEMMs (float32 accumulation, one rounding) outrun float32 ones, and the
+  // layer keeps its gates in the storage dtype, as below 4 steps: the GEMMs are ATen's half-type ones,
+  // backward's included.
   static constexpr bool kAccGates = true;
-  static bool acc_gates_enabled(int64_t T, at::ScalarType dtype) { return T >= kMinPackedSteps && !has_amx(dtype); }
+  static bool acc_gates_enabled(int64_t T, at::ScalarType dtype) { return T >= kMinPackedSteps && !native_half_gemms(dtype); }
   static constexpr bool kAccGrads = true;
   // A layer's whole step loop in one parallel region, weights resident per thread (sequence.h).
   template <class Cell>
