@@ -32,13 +32,14 @@ LOWP_SLACK = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def native_half_gemms(dtype) -> bool:
-    """Whether oneDNN's GEMMs in dtype run on this CPU's own half-type dot products (cpuinfo, as
-    csrc/cpu/device.cpp's native_half_gemms reads it): bfloat16 with AMX or AVX512-BF16, float16 with AMX. There
+    """Whether oneDNN's half-type GEMMs in dtype are the faster ones here (cpuinfo, as csrc/cpu/device.cpp's
+    native_half_gemms reads it): bfloat16 with AMX, or with AVX512-BF16 on an AMD CPU; float16 with AMX. There
     the CPU ops keep a half type's gates in its storage dtype at every length and run oneDNN's half-type GEMMs
     (faster than float32 there), instead of float32 pre-activations from 4 steps on."""
     caps = torch._C._cpu._get_cpu_capability()
     if dtype == torch.bfloat16:
-        return (bool(caps.get("amx_bf16")) and bool(caps.get("amx_tile"))) or bool(caps.get("avx512_bf16"))
+        return (bool(caps.get("amx_bf16")) and bool(caps.get("amx_tile"))) or (bool(caps.get("avx512_bf16"))
+                                                                              and amd_cpu())
     if dtype == torch.float16:
         return bool(caps.get("amx_fp16")) and bool(caps.get("amx_tile"))
     return False

@@ -77,3 +77,74 @@ def test_onednn_sees_every_weight_change(gemm):
             p.data.mul_(0.5)
         ref.load_state_dict(m.state_dict())
         torch.testing.assert_close(m(x)[0], ref(x)[0], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("gemm", ["onednn"], indirect=True)
+def test_nan_propagates_as_in_nn_lstm(gemm):
+    # A NaN in one row's input at step 3 reaches that row's outputs from step 3 on and no other row's.
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H)
+    m = fastlstm.FastLSTM(I, H)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    x[3, 5, 7] = float("nan")
+    with torch.no_grad():
+        got, want = m(x)[0], ref(x)[0]
+    assert torch.equal(got.isnan(), want.isnan())
+    assert got[3:, 5].isnan().all() and got.isnan().sum() == (T - 3) * H
+
+
+@pytest.mark.parametrize("gemm", ["onednn"], indirect=True)
+def test_both_directions_at_once_on_onednn(gemm):
+    # The pair ops run each direction on one of 2 threads; oneDNN's matmul is called inside that parallel region.
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
+    m = fastlstm.FastLSTM(I, H, num_layers=2, bidirectional=True)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            got, want = m(x), ref(x)
+    finally:
+        torch.set_num_threads(old)
+    for a, b in ((got[0], want[0]), (got[1][0], want[1][0]), (got[1][1], want[1][1])):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("cell", ["gru", "peephole", "layernorm"])
+def test_every_cell_is_as_accurate_on_onednn_as_on_mkl(cell, monkeypatch):
+    # The cells share the device's GEMM hooks. Against the same module run in float64, oneDNN's forward and
+    # every gradient are at most twice MKL's error (whose own parity the cells' tests pin; at this batch the
+    # weight gradients sum 384 rows, so a fixed float32 tolerance would measure the shape, not the library),
+    # and the outputs are within the float32 tolerance (FastGRU's also against nn.GRU).
+    import copy
+
+    from fastlstm import FastGRU, PeepholeLSTM
+    from fastlstm.cells.layernorm_lstm import LayerNormLSTM
+
+    make = {"gru": FastGRU, "peephole": PeepholeLSTM, "layernorm": LayerNormLSTM}[cell]
+    torch.manual_seed(0)
+    m = make(I, H, bidirectional=True)
+    x, g = torch.randn(T, B, I), torch.randn(T, B, 2 * H)
+
+    def run(mod, xx, gg):
+        xx = xx.clone().requires_grad_()
+        out = mod(xx)[0]
+        return [out, *torch.autograd.grad(out, [xx, *mod.parameters()], gg)]
+
+    want = run(copy.deepcopy(m).double(), x.double(), g.double())
+    err = {}
+    for lib in BACKENDS:
+        monkeypatch.setenv("FASTLSTM_CPU_GEMM", lib)
+        got = run(m, x, g)
+        torch.testing.assert_close(got[0].double(), want[0], **TOL[torch.float32])
+        err[lib] = [(a.double() - b).abs().max().item() for a, b in zip(got, want)]
+    for i, (e_dnn, e_mkl) in enumerate(zip(err["onednn"], err["mkl"])):
+        assert e_dnn <= 2 * e_mkl + 1e-6, (i, e_dnn, e_mkl)
+    if cell == "gru":
+        ref = torch.nn.GRU(I, H, bidirectional=True)
+        ref.load_state_dict(m.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(m(x)[0], ref(x)[0], **TOL[torch.float32])

@@ -87,10 +87,7 @@ SeqKernels<Seq, S> seq_kernels() {
 }
 bool seq_simd() { return isa() != Isa::DEFAULT; }
 bool amd_cpu();
-bool seq_large_panels() {
-  static const bool k = amd_cpu();
-  return k;
-}
+bool seq_large_panels() { return amd_cpu(); }
 
 namespace {
 
@@ -126,11 +123,35 @@ struct MklPacked {
   }
 };
 
-// Whether oneDNN's GEMMs in `dtype` run on this CPU's own half-type dot products (cpuinfo): bfloat16 with AMX
-// tiles (amx_bf16) or AVX512-BF16's vdpbf16ps, float16 with AMX tiles (amx_fp16); float32 accumulation either
-// way. There they outrun float32 GEMMs: bf16 [3200, 256] x [256, 1024] 0.90 ms against 8.6 ms in float32
-// (a Xeon with AMX); 5.5 ms against 10.3 ms (oneDNN's float32), [64, 256] x [256, 1024] 181 us against 263 us
-// (an AMD EPYC, Zen 4, with AVX512-BF16 and no AMX, 2 threads, side by side).
+}  // namespace
+
+// Whether the CPU is AMD's (CPUID's vendor string), read once.
+bool amd_cpu() {
+  static const bool k = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
+    char v[13];
+    std::memcpy(v, &b, 4);
+    std::memcpy(v + 4, &d, 4);
+    std::memcpy(v + 8, &c, 4);
+    v[12] = 0;
+    return std::strcmp(v, "AuthenticAMD") == 0;
+#else
+    return false;
+#endif
+  }();
+  return k;
+}
+
+namespace {
+
+// Whether oneDNN's GEMMs in `dtype` outrun float32 ones on this CPU, where they run on its own half-type dot
+// products (cpuinfo), float32 accumulation either way: AMX tiles (amx_bf16 / amx_fp16; bf16 [3200, 256] x
+// [256, 1024] 0.90 ms against 8.6 ms in float32 on a Xeon with AMX), and bfloat16's AVX512-BF16 on an AMD CPU
+// (the same product 5.5 ms against 10.3 ms in oneDNN's float32, the step GEMM [64, 256] x [256, 1024] 181 us
+// against 263 us: an EPYC, Zen 4, 2 threads, side by side). Not AVX512-BF16 on a Xeon without AMX: there
+// float32 won (bf16 input projection 190 GFLOP/s, float32 318 GFLOP/s at T=100, B=32, H=512).
 inline bool native_half_gemms(at::ScalarType dtype) {
   static const std::pair<bool, bool> k = [] {
     const auto caps = at::cpu::get_cpu_capabilities();
@@ -138,29 +159,13 @@ inline bool native_half_gemms(at::ScalarType dtype) {
       const auto it = caps.find(name);
       return it != caps.end() && it->second.isBool() && it->second.toBool();
     };
-    return std::make_pair((flag("amx_bf16") && flag("amx_tile")) || flag("avx512_bf16"),
+    return std::make_pair((flag("amx_bf16") && flag("amx_tile")) || (flag("avx512_bf16") && amd_cpu()),
                           flag("amx_fp16") && flag("amx_tile"));
   }();
   return dtype == at::kBFloat16 ? k.first : dtype == at::kHalf ? k.second : false;
 }
 
 }  // namespace
-
-// Whether the CPU is AMD's (CPUID's vendor string).
-bool amd_cpu() {
-#if defined(__x86_64__) || defined(_M_X64)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
-  char v[13];
-  std::memcpy(v, &b, 4);
-  std::memcpy(v + 4, &d, 4);
-  std::memcpy(v + 8, &c, 4);
-  v[12] = 0;
-  return std::strcmp(v, "AuthenticAMD") == 0;
-#else
-  return false;
-#endif
-}
 
 namespace {
 
@@ -180,8 +185,7 @@ inline bool onednn_gemms() {
   const char* v = std::getenv("FASTLSTM_CPU_GEMM");
   if (v != nullptr && std::strcmp(v, "onednn") == 0) return true;
   if (v != nullptr && std::strcmp(v, "mkl") == 0) return false;
-  static const bool amd = amd_cpu();
-  return amd;
+  return amd_cpu();
 #else
   return false;
 #endif
@@ -221,12 +225,12 @@ constexpr int64_t kMinPackedSteps = 4;
 struct CpuDevice : AtenDevice {
   // bfloat16 / float16 layers of kMinPackedSteps steps or more run their forward GEMMs in float32 on copies
   // of the operands made once per call (the weights, MKL-packed) or per chunk (the input): this CPU's
-  // float32 GEMMs outrun its half-type ones (a Xeon without half-type dot products; measured: bf16 input
-  // projection 190 GFLOP/s, float32 318 GFLOP/s at T=100, B=32, H=512), and the pre-activations are then
-  // float32, as on CUDA and in cuDNN.
+  // float32 GEMMs outrun its half-type ones (a Xeon without AMX; measured: bf16 input projection 190 GFLOP/s,
+  // float32 318 GFLOP/s at T=100, B=32, H=512), and the pre-activations are then float32, as on CUDA and in
+  // cuDNN.
   //
-  // Not where oneDNN has the CPU's own dot products for the dtype (native_half_gemms: AMX, or AVX512-BF16 for
-  // bfloat16): there its half-type GEMMs (float32 accumulation, one rounding) outrun float32 ones, and the
+  // Not where oneDNN's half-type GEMMs are the faster ones (native_half_gemms: AMX, or bfloat16's AVX512-BF16
+  // on an AMD CPU): there its half-type GEMMs (float32 accumulation, one rounding) outrun float32 ones, and the
   // layer keeps its gates in the storage dtype, as below 4 steps: the GEMMs are ATen's half-type ones,
   // backward's included.
   static constexpr bool kAccGates = true;
@@ -270,9 +274,10 @@ struct CpuDevice : AtenDevice {
 
   // AtenDevice's backward GEMMs, on oneDNN where onednn_takes says so.
   static Tensor mm(const Tensor& a, const Tensor& b) {
+    if (a.scalar_type() != at::kFloat || a.dim() != 2 || b.dim() != 2) return at::mm(a, b);
     Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
     if (onednn_mm(out, a, b, /*accumulate=*/false)) return out;
-    return at::mm(a, b);
+    return at::mm_out(out, a, b);
   }
   static void addmm_(const Tensor& out, const Tensor& a, const Tensor& b) {
     if (!onednn_mm(out, a, b, /*accumulate=*/true)) const_cast<Tensor&>(out).addmm_(a, b);
