@@ -207,6 +207,34 @@ def test_the_wide_panel_rule_at_h256():
     assert got == want
 
 
+def _native_bf16_gemms() -> bool:
+    """AVX512-BF16 on an AMD CPU: oneDNN's bfloat16 GEMMs run on its own dot products (csrc/cpu/device.cpp's
+    native_half_gemms; an AMX CPU is not AMD, so the AMD rule is not taken there at all)."""
+    return amd_cpu() and bool(torch.backends.cpu.get_cpu_capability() == "AVX512") and \
+        "avx512_bf16" in open("/proc/cpuinfo").read()
+
+
+@pytest.mark.skipif(not _native_bf16_gemms(), reason="the bfloat16 rule differs only on an AMD CPU with AVX512-BF16")
+def test_bfloat16_on_amd_keeps_onednn_gemms_where_they_win():
+    """Regression: the AMD rule (kSeqAmdPanelBytes, measured in float32) took bfloat16 layers too, where the
+    per-step path's GEMMs are oneDNN's AVX512-BF16 ones: at T=50 B=64 H=256 inference ran 23.7 ms on this path
+    against 17.0 ms per-step. Now bfloat16 takes it (forward) only at B <= 16, H = 256 (512 KiB panels) on 2
+    threads, and backward by the wide-panel rule (B <= 16); float32 keeps every batch from 4."""
+    torch.manual_seed(0)
+    T = 12
+    m = fastlstm.FastLSTM(16, 256)
+    mb = copy.deepcopy(m).to(torch.bfloat16)
+    big = fastlstm.FastLSTM(16, 512).to(torch.bfloat16)
+    with cpu_sequence(None, 2):
+        # (B, training): whether the path is taken (no per-step GEMM; training keeps grad_w_hh's one)
+        want = {(16, False): True, (16, True): True, (32, False): False, (64, False): False, (64, True): False}
+        got = {(B, train): _recurrent_gemms(mb, torch.randn(T, B, 16, dtype=torch.bfloat16), train) <= 1
+               for (B, train) in want}
+        assert got == want
+        assert _recurrent_gemms(big, torch.randn(T, 32, 16, dtype=torch.bfloat16), False) >= T
+        assert _recurrent_gemms(m, torch.randn(T, 64, 16), False) == 0  # float32 unchanged
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_inference_across_chunks_carries_the_state(bidirectional):
     """Inference projects 2^18 gate elements at a time, one parallel region per chunk: T = 5000 at B = 1,

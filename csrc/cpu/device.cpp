@@ -167,6 +167,8 @@ inline bool native_half_gemms(at::ScalarType dtype) {
 
 }  // namespace
 
+bool seq_native_half_gemms(at::ScalarType dtype) { return native_half_gemms(dtype); }
+
 namespace {
 
 // Which library runs the large float32 GEMMs (the input projection, the per-step recurrent products): oneDNN's

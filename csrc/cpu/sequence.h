@@ -51,6 +51,9 @@ bool seq_simd();
 // Whether this is a CPU where the path measured faster than the per-step one up to kSeqAmdPanelBytes (AMD's:
 // device.cpp reads CPUID).
 bool seq_large_panels();
+// Whether oneDNN's GEMMs in `dtype` run on this CPU's own half-type dot products (AMX, or bfloat16's
+// AVX512-BF16 on an AMD CPU; device.cpp), so the per-step path's GEMMs are not float32 ones.
+bool seq_native_half_gemms(at::ScalarType dtype);
 
 // A barrier for the blocks of one layer call: each thread arrives once per step for all the blocks it runs.
 // Spins (the wait is well under a microsecond when every thread has a core), then yields, so a thread whose
@@ -123,6 +126,13 @@ constexpr int64_t kSeqMinSteps = 8;
 // 1.15x, B=64 1.06x. Batch 4 and up (the small-batch rule above was measured on Intel only).
 constexpr int64_t kSeqAmdPanelBytes = int64_t(2) << 20;
 constexpr int64_t kSeqAmdMinBatch = 4;
+// Not so where the per-step GEMMs are oneDNN's bfloat16 ones on AVX512-BF16 (seq_native_half_gemms), while this
+// path keeps float32 panels: same EPYC, 2 threads, bfloat16, this path / per-step (ms, two runs each),
+// inference T=50 H=256 B=16 4.4-4.7 / 5.3-6.0, T=100 B=8 H=256 L=2 bi 22.1-23.7 / 24.9-25.1, but B=32 8.8-12.5 /
+// 10.0-11.6, B=64 16.7-24.0 / 14.9-18.9, T=100 B=32 H=512 71-85 / 50-62; training (forward and backward)
+// B=16 20.7-20.8 / 20.1-20.3 (backward there by the wide-panel rule), B=32 38.4-39.0 / 35.4-35.6, B=64
+// 52.7-62.9 / 49.0-61.9. There this rule takes forward only, B <= 16, panels <= kSeqWidePanelBytes.
+constexpr int64_t kSeqAmdNativeMaxBatch = 16;
 
 // FASTLSTM_CPU_SEQUENCE: 0 off, 1 wherever it can run, unset (or anything else) where it measured faster.
 inline int seq_mode() {
@@ -171,7 +181,7 @@ class CpuSequence {
       if (!at::in_parallel_region()) threads = at::get_num_threads();
 #endif
       SeqPlan p = seq_plan(d.B, d.H, Seq::kGates, backward, threads);
-      if (mode == 2 && !seq_auto(d, p, backward)) return;
+      if (mode == 2 && !seq_auto(d, p, backward, seq_native_half_gemms(dt))) return;
       plan_ = p;
     }
   }
@@ -249,11 +259,13 @@ class CpuSequence {
 
  private:
   // Where the path beats the per-step one (kSeqPanelBytes, kSeqWidePanelBytes), with the SIMD kernels.
-  static bool seq_auto(const Dims& d, const SeqPlan& p, bool backward) {
+  // native_half: the layer's dtype has native per-step GEMMs (seq_native_half_gemms).
+  static bool seq_auto(const Dims& d, const SeqPlan& p, bool backward, bool native_half) {
     const int64_t panel = p.k * p.n * int64_t(sizeof(float));
     const bool wide = panel <= kSeqWidePanelBytes &&
         (backward ? d.B <= kSeqWideBackwardBatch : d.B >= kSeqWideForward[0] && d.B <= kSeqWideForward[1]);
-    const bool large = panel <= kSeqAmdPanelBytes && d.B >= kSeqAmdMinBatch && seq_large_panels();
+    const bool large = panel <= kSeqAmdPanelBytes && d.B >= kSeqAmdMinBatch && seq_large_panels() &&
+        (!native_half || (!backward && d.B <= kSeqAmdNativeMaxBatch && panel <= kSeqWidePanelBytes));
     return seq_simd() && (panel <= kSeqPanelBytes || wide || large) && d.B <= kSeqMaxBatch && d.T >= kSeqMinSteps &&
            (d.B > 1 || 2 * d.T >= d.H);
   }
