@@ -216,23 +216,118 @@ def _native_bf16_gemms() -> bool:
 
 @pytest.mark.skipif(not _native_bf16_gemms(), reason="the bfloat16 rule differs only on an AMD CPU with AVX512-BF16")
 def test_bfloat16_on_amd_keeps_onednn_gemms_where_they_win():
-    """Regression: the AMD rule (kSeqAmdPanelBytes, measured in float32) took bfloat16 layers too, where the
-    per-step path's GEMMs are oneDNN's AVX512-BF16 ones: at T=50 B=64 H=256 inference ran 23.7 ms on this path
-    against 17.0 ms per-step. Now bfloat16 takes it (forward) only at B <= 16, H = 256 (512 KiB panels) on 2
-    threads, and backward by the wide-panel rule (B <= 16); float32 keeps every batch from 4."""
+    """Regression: the AMD rule (kSeqAmdPanelBytes, measured in float32) took bfloat16 layers with float32
+    panels too, where the per-step path's GEMMs are oneDNN's AVX512-BF16 ones: at T=50 B=64 H=256 inference ran
+    23.7 ms on this path against 17.0 ms per-step. With float32 panels bfloat16 takes it (forward) only at
+    B <= 16, H = 256 (512 KiB panels) on 2 threads, and backward by the wide-panel rule (B <= 16); with K-pair
+    panels (the default on this CPU), which beat the per-step path at every one of these shapes, the float32
+    rule; float32 keeps every batch from 4."""
     torch.manual_seed(0)
     T = 12
     m = fastlstm.FastLSTM(16, 256)
     mb = copy.deepcopy(m).to(torch.bfloat16)
     big = fastlstm.FastLSTM(16, 512).to(torch.bfloat16)
-    with cpu_sequence(None, 2):
+    shapes = [(16, False), (16, True), (32, False), (64, False), (64, True)]
+
+    def taken():
         # (B, training): whether the path is taken (no per-step GEMM; training keeps grad_w_hh's one)
-        want = {(16, False): True, (16, True): True, (32, False): False, (64, False): False, (64, True): False}
         got = {(B, train): _recurrent_gemms(mb, torch.randn(T, B, 16, dtype=torch.bfloat16), train) <= 1
-               for (B, train) in want}
-        assert got == want
-        assert _recurrent_gemms(big, torch.randn(T, 32, 16, dtype=torch.bfloat16), False) >= T
+               for (B, train) in shapes}
+        return got, _recurrent_gemms(big, torch.randn(T, 32, 16, dtype=torch.bfloat16), False) == 0
+
+    with cpu_sequence(None, 2):
+        with _bf16_pairs(False):
+            assert taken() == ({(16, False): True, (16, True): True, (32, False): False, (64, False): False,
+                                (64, True): False}, False)
+        with _bf16_pairs(True):
+            assert taken() == ({k: True for k in shapes}, True)
         assert _recurrent_gemms(m, torch.randn(T, 64, 16), False) == 0  # float32 unchanged
+
+
+@contextlib.contextmanager
+def _bf16_pairs(on: bool):
+    """FASTLSTM_CPU_BF16_PAIRS: "0" keeps a bfloat16 layer's panels float32 (unset: K-pair panels on a CPU with
+    AVX512-BF16)."""
+    old = os.environ.get("FASTLSTM_CPU_BF16_PAIRS")
+    os.environ["FASTLSTM_CPU_BF16_PAIRS"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTLSTM_CPU_BF16_PAIRS")
+        else:
+            os.environ["FASTLSTM_CPU_BF16_PAIRS"] = old
+
+
+def _avx512_bf16() -> bool:
+    return bool(torch.backends.cpu.get_cpu_capability() == "AVX512") and \
+        "avx512_bf16" in open("/proc/cpuinfo").read()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("cell", MODULES)
+def test_bfloat16_float32_panels_match_float64(cell, config):
+    """bfloat16 layers keep float32 panels where K-pair ones cannot run (no AVX512-BF16, odd K): that path held
+    to the same standard as test_both_paths_match_float64 holds the default one, on 2 threads."""
+    T, B, I, H, L, bi = CONFIGS[config]
+    torch.manual_seed(0)
+    m = MODULES[cell](I, H, num_layers=L, bidirectional=bi).to(torch.bfloat16)
+    ref = copy.deepcopy(m).double()
+    x, hx = inputs(m, T, B, I, torch.bfloat16)
+    want = run(ref, x.double(), tuple(h.double() for h in hx))
+    with cpu_sequence("1", 2), _bf16_pairs(False):
+        seq = run(m, x, hx)
+    with cpu_sequence("0", 2):
+        step = run(m, x, hx)
+    assert_paths_match(seq, step, want, torch.bfloat16)
+
+
+@pytest.mark.skipif(not _avx512_bf16(), reason="K-pair panels run only on a CPU with AVX512-BF16")
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+def test_bfloat16_k_pairs_flush_subnormals_as_torch_does(train):
+    """The K-pair panels (AVX512-BF16's VDPBF16PS) treat subnormal bfloat16 inputs as zero, as nn.LSTM's own
+    bfloat16 GEMMs on this instruction do; the float32 panels do not. That difference is the witness that the
+    path runs: a subnormal h0 (2^-130) against 2^127 weights gives input-gate pre-activations of H * 2^-3 on
+    float32 panels and 0 on K-pair ones and in nn.LSTM. Backward likewise: subnormal dgates against the
+    backward K-pair panel of W_hh."""
+    H = 32
+    m = fastlstm.FastLSTM(16, H).to(torch.bfloat16)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.weight_hh_l0[:H].fill_(2.0 ** 127)
+        m.bias_ih_l0[2 * H:3 * H].fill_(10.0)  # g = tanh(10) = 1: c_1 = sigmoid(input gate)
+    ref = torch.nn.LSTM(16, H).to(torch.bfloat16)
+    ref.load_state_dict(m.state_dict())
+    x = torch.zeros(8, 4, 16, dtype=torch.bfloat16)
+    h0 = torch.full((1, 4, H), 2.0 ** -130, dtype=torch.bfloat16)
+    c0 = torch.zeros_like(h0)
+    assert h0[0, 0, 0].item() != 0.0 and h0[0, 0, 0].item() < torch.finfo(torch.bfloat16).tiny
+    if not train:
+        with torch.inference_mode(), cpu_sequence("1", 2):
+            got = m(x, (h0, c0))[0]
+            with _bf16_pairs(False):
+                f32 = m(x, (h0, c0))[0]
+            want = ref(x, (h0, c0))[0]
+        assert torch.equal(got[0], want[0])
+        # float32 panels keep the subnormal: sigmoid(4) against sigmoid(0) in c_1
+        assert got[0, 0, 0].item() == pytest.approx(0.5 * torch.tanh(torch.tensor(0.5)).item(), rel=1e-2)
+        assert f32[0, 0, 0].item() == pytest.approx(0.5 * torch.tanh(torch.sigmoid(torch.tensor(4.0))).item(), rel=1e-2)
+        return
+    # Backward from h0 = 0 (the same forward on both panels: c_1 = 0.5): grad_h0 = dgates_0 @ W_hh, where
+    # dgates_0's input-gate entries are subnormal (grad_output 2^-127 at step 0 gives about 2^-130) and meet
+    # the 2^127 rows: about 3 on float32 panels, 0 on K-pair ones.
+    go = torch.zeros(8, 4, H, dtype=torch.bfloat16)
+    go[0] = 2.0 ** -127
+    grads = {}
+    for pairs in (True, False):
+        hh = torch.zeros_like(h0).requires_grad_()
+        with cpu_sequence("1", 2), _bf16_pairs(pairs):
+            y, _ = m(x, (hh, c0))
+            y.backward(go)
+        grads[pairs] = hh.grad
+    assert grads[False].abs().min().item() > 1
+    assert grads[True].abs().max().item() == 0
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -169,6 +169,15 @@ inline bool native_half_gemms(at::ScalarType dtype) {
 
 bool seq_native_half_gemms(at::ScalarType dtype) { return native_half_gemms(dtype); }
 
+bool seq_bf16_pairs() {
+  static const bool k = [] {
+    const auto caps = at::cpu::get_cpu_capabilities();
+    const auto it = caps.find("avx512_bf16");
+    return isa() == Isa::AVX512 && it != caps.end() && it->second.isBool() && it->second.toBool();
+  }();
+  return k;
+}
+
 namespace {
 
 // Which library runs the large float32 GEMMs (the input projection, the per-step recurrent products): oneDNN's

@@ -41,8 +41,11 @@ struct GemvKernels {
 //   forward  k = H,     n = gates * upad, column gate * upad + u = W_hh[gate * H + lo + u, :]
 //   backward k = G = gates * H, n = upad, column u = W_hh[:, lo + u]
 // upad: units rounded up to 16 (the SIMD width of every ISA divides it); padded columns are zero.
+// pairs: a bfloat16 layer's panels hold bfloat16 K-pairs instead, [k / 2, n, 2] (k even), for AVX512-BF16's
+// dot product (seq_bf16_pairs); stride: a block's panel, in floats (k * n, or k * n / 2 with pairs).
 struct SeqPlan {
-  int64_t blocks = 0, units = 0, upad = 0, k = 0, n = 0;
+  int64_t blocks = 0, units = 0, upad = 0, k = 0, n = 0, stride = 0;
+  bool pairs = false;
 };
 
 // What a forward step needs beyond the launch arguments (all per call):

@@ -54,6 +54,9 @@ bool seq_large_panels();
 // Whether oneDNN's GEMMs in `dtype` run on this CPU's own half-type dot products (AMX, or bfloat16's
 // AVX512-BF16 on an AMD CPU; device.cpp), so the per-step path's GEMMs are not float32 ones.
 bool seq_native_half_gemms(at::ScalarType dtype);
+// Whether the AVX-512 kernels can run bfloat16 panels as K-pairs on AVX512-BF16's dot product (SeqPlan::pairs;
+// cpuinfo's avx512_bf16). FASTLSTM_CPU_BF16_PAIRS=0 keeps float32 panels (tests, paired measurements).
+bool seq_bf16_pairs();
 
 // A barrier for the blocks of one layer call: each thread arrives once per step for all the blocks it runs.
 // Spins (the wait is well under a microsecond when every thread has a core), then yields, so a thread whose
@@ -131,7 +134,12 @@ constexpr int64_t kSeqAmdMinBatch = 4;
 // inference T=50 H=256 B=16 4.4-4.7 / 5.3-6.0, T=100 B=8 H=256 L=2 bi 22.1-23.7 / 24.9-25.1, but B=32 8.8-12.5 /
 // 10.0-11.6, B=64 16.7-24.0 / 14.9-18.9, T=100 B=32 H=512 71-85 / 50-62; training (forward and backward)
 // B=16 20.7-20.8 / 20.1-20.3 (backward there by the wide-panel rule), B=32 38.4-39.0 / 35.4-35.6, B=64
-// 52.7-62.9 / 49.0-61.9. There this rule takes forward only, B <= 16, panels <= kSeqWidePanelBytes.
+// 52.7-62.9 / 49.0-61.9. There, with float32 panels, this rule takes forward only, B <= 16, panels <=
+// kSeqWidePanelBytes. bfloat16's K-pair panels (SeqPlan::pairs, AVX512-BF16) won everywhere instead, so they
+// take the float32 rule: same EPYC, 2 threads, medians of 6 interleaved calls, K-pair panels / per-step (ms),
+// inference T=50 H=256 B=16 3.19 / 5.67, B=32 6.03 / 8.21, B=64 10.86 / 12.13, B=128 19.26 / 20.19, T=100 B=32
+// H=512 27.6 / 34.7, T=100 B=8 H=256 L=2 bi 12.1 / 18.1; training B=16 7.7 / 12.8, B=32 13.9 / 18.0, B=64
+// 27.5 / 35.3, T=100 B=32 H=512 90 / 103, L=2 bi 38.4 / 75.2.
 constexpr int64_t kSeqAmdNativeMaxBatch = 16;
 
 // FASTLSTM_CPU_SEQUENCE: 0 off, 1 wherever it can run, unset (or anything else) where it measured faster.
@@ -152,6 +160,7 @@ inline SeqPlan seq_plan(int64_t B, int64_t H, int64_t gates, bool backward, int6
   p.blocks = (H + p.units - 1) / p.units;
   p.k = backward ? gates * H : H;
   p.n = backward ? p.upad : gates * p.upad;
+  p.stride = p.k * p.n;
   (void)B;
   return p;
 }
@@ -181,7 +190,13 @@ class CpuSequence {
       if (!at::in_parallel_region()) threads = at::get_num_threads();
 #endif
       SeqPlan p = seq_plan(d.B, d.H, Seq::kGates, backward, threads);
-      if (mode == 2 && !seq_auto(d, p, backward, seq_native_half_gemms(dt))) return;
+      const char* pairs_env = std::getenv("FASTLSTM_CPU_BF16_PAIRS");
+      if (dt == at::kBFloat16 && a.w_hh.scalar_type() == at::kBFloat16 && p.k % 2 == 0 && seq_bf16_pairs() &&
+          !(pairs_env != nullptr && std::strcmp(pairs_env, "0") == 0)) {
+        p.pairs = true;
+        p.stride = p.k * p.n / 2;
+      }
+      if (mode == 2 && !seq_auto(d, p, backward, seq_native_half_gemms(dt) && !p.pairs)) return;
       plan_ = p;
     }
   }
@@ -258,8 +273,10 @@ class CpuSequence {
   }
 
  private:
-  // Where the path beats the per-step one (kSeqPanelBytes, kSeqWidePanelBytes), with the SIMD kernels.
-  // native_half: the layer's dtype has native per-step GEMMs (seq_native_half_gemms).
+  // Where the path beats the per-step one (kSeqPanelBytes, kSeqWidePanelBytes), with the SIMD kernels; the
+  // bounds are in float32 panel bytes, for K-pair panels too (measured against them; those are half the size).
+  // native_half: the layer's dtype has native per-step GEMMs (seq_native_half_gemms) and its panels are
+  // float32 ones.
   static bool seq_auto(const Dims& d, const SeqPlan& p, bool backward, bool native_half) {
     const int64_t panel = p.k * p.n * int64_t(sizeof(float));
     const bool wide = panel <= kSeqWidePanelBytes &&
@@ -290,14 +307,15 @@ class CpuSequence {
   // (kSeqMinSteps).
   void prepare() {
     if (panel_ != nullptr) return;
-    w_float_ = a_.w_hh.to(at::kFloat).contiguous();
-    panel_ = panel_storage(plan_.blocks * plan_.k * plan_.n);
+    if (!plan_.pairs) w_float_ = a_.w_hh.to(at::kFloat).contiguous();
+    panel_ = panel_storage(plan_.blocks * plan_.stride);
   }
   void pack_block(int64_t blk) const {
+    if (plan_.pairs) return pack_block_pairs(blk);
     const int64_t H = d_.H, g = Seq::kGates, up = plan_.upad, k = plan_.k, n = plan_.n;
     const float* src = ptr<const float>(w_float_);
     const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
-    float* pb = const_cast<float*>(panel_) + blk * k * n;
+    float* pb = const_cast<float*>(panel_) + blk * plan_.stride;
     std::fill(pb, pb + k * n, 0.0f);
     if (!backward_) {
       // column gate * upad + u of row kk = W_hh[gate * H + lo + u, kk]: a transpose, in 16 x 16 tiles (one
@@ -318,6 +336,29 @@ class CpuSequence {
     } else {
       // column u of row kk (kk < G) = W_hh[kk, lo + u]
       for (int64_t kk = 0; kk < k; ++kk) std::copy(src + kk * H + lo, src + kk * H + lo + uc, pb + kk * n);
+    }
+  }
+
+  // The same panel as bfloat16 K-pairs [k / 2, n, 2] (SeqPlan::pairs), straight from the bfloat16 W_hh:
+  // element (kk, column) at [kk / 2][column][kk % 2].
+  void pack_block_pairs(int64_t blk) const {
+    const int64_t H = d_.H, g = Seq::kGates, up = plan_.upad, k = plan_.k, n = plan_.n;
+    const uint16_t* src = ptr<const uint16_t>(w_hh_);
+    const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
+    uint16_t* pb = reinterpret_cast<uint16_t*>(const_cast<float*>(panel_) + blk * plan_.stride);
+    std::fill(pb, pb + k * n, uint16_t(0));
+    auto at = [&](int64_t kk, int64_t col) -> uint16_t& { return pb[(kk / 2) * n * 2 + col * 2 + (kk & 1)]; };
+    if (!backward_) {
+      for (int64_t gate = 0; gate < g; ++gate) {
+        for (int64_t u = 0; u < uc; ++u) {
+          const uint16_t* row = src + (gate * H + lo + u) * H;
+          for (int64_t kk = 0; kk < H; ++kk) at(kk, gate * up + u) = row[kk];
+        }
+      }
+    } else {
+      for (int64_t kk = 0; kk < k; ++kk) {
+        for (int64_t u = 0; u < uc; ++u) at(kk, u) = src[kk * H + lo + u];
+      }
     }
   }
 
