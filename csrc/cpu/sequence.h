@@ -3,7 +3,8 @@
 // (csrc/cells/sequence.h: LSTM, GRU, the diagonal peephole LSTM), as the persistent CUDA kernel does on a GPU.
 //
 // Each thread owns a slice of the hidden units with all their gates (a block, SeqPlan in rows.h) and keeps
-// its slice of W_hh, packed once per op call into a float32 panel, in its own cache for the whole sequence.
+// its slice of W_hh, packed once per op call into a float32 panel (bfloat16 K-pairs for AVX512-BF16's dot
+// product where the CPU has it: SeqPlan::pairs), in its own cache for the whole sequence.
 // Per step it computes its part of h_{t-1} W_hh^T (backward: dgates_{t+1} W_hh) in float32 registers
 // (rows_impl.h), adds it into the step's pre-activations, runs the cell's own pass (the same code as the
 // per-step path) on its units, and waits at one barrier. Per step that replaces a GEMM call, a pass launch
