@@ -59,16 +59,21 @@ def cpu_sequence(mode: str, threads: int = None):
 
 
 @contextlib.contextmanager
-def _mkl_gemms():
-    old = os.environ.get("FASTLSTM_CPU_GEMM")
-    os.environ["FASTLSTM_CPU_GEMM"] = "mkl"
+def _env(name: str, value: str):
+    """os.environ[name] = value for the block, restored after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("FASTLSTM_CPU_GEMM")
+            os.environ.pop(name)
         else:
-            os.environ["FASTLSTM_CPU_GEMM"] = old
+            os.environ[name] = old
+
+
+def _mkl_gemms():
+    return _env("FASTLSTM_CPU_GEMM", "mkl")
 
 
 def run(module, x, hx):
@@ -244,19 +249,10 @@ def test_bfloat16_on_amd_keeps_onednn_gemms_where_they_win():
         assert _recurrent_gemms(m, torch.randn(T, 64, 16), False) == 0  # float32 unchanged
 
 
-@contextlib.contextmanager
 def _bf16_pairs(on: bool):
     """FASTLSTM_CPU_BF16_PAIRS: "0" keeps a bfloat16 layer's panels float32 (unset: K-pair panels on a CPU with
     AVX512-BF16)."""
-    old = os.environ.get("FASTLSTM_CPU_BF16_PAIRS")
-    os.environ["FASTLSTM_CPU_BF16_PAIRS"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FASTLSTM_CPU_BF16_PAIRS")
-        else:
-            os.environ["FASTLSTM_CPU_BF16_PAIRS"] = old
+    return _env("FASTLSTM_CPU_BF16_PAIRS", "1" if on else "0")
 
 
 def _avx512_bf16() -> bool:

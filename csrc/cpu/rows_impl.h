@@ -443,8 +443,32 @@ void seq_tile_nv(int nv, const S* x, int64_t ldx, const float* w, int64_t ldw, i
   }
 }
 
-// out [M, N] float32 = x [M, K] (row stride ldx) @ w [K, N], N a multiple of the SIMD width. Columns outer,
-// rows inner: a column panel of w (K x nv*W floats) stays in L1/L2 while every row tile reads it. Half-typed
+// The column-panel / row-tile loop of both panel kinds: tile(m, nv, r, c) computes rows [r, r + m) and SIMD
+// column vectors [c, c + nv), m an std::integral_constant (the register tile's row count). Columns outer, rows
+// inner: a column panel (K x nv vectors) stays in L1/L2 while every row tile reads it.
+template <class Tile>
+void seq_tiles(int64_t M, int64_t nvec, const Tile& tile) {
+  const int64_t tiles = (M + kSeqMR - 1) / kSeqMR;
+  const int mr = int((M + tiles - 1) / tiles);
+  const int nv_max = seq_nv(mr);
+  for (int64_t c = 0; c < nvec; c += nv_max) {
+    const int nv = int(std::min<int64_t>(nv_max, nvec - c));
+    for (int64_t r = 0; r < M; r += mr) {
+      switch (std::min<int64_t>(mr, M - r)) {
+        case 1: tile(std::integral_constant<int, 1>{}, nv, r, c); break;
+        case 2: tile(std::integral_constant<int, 2>{}, nv, r, c); break;
+        case 3: tile(std::integral_constant<int, 3>{}, nv, r, c); break;
+        case 4: tile(std::integral_constant<int, 4>{}, nv, r, c); break;
+        case 5: tile(std::integral_constant<int, 5>{}, nv, r, c); break;
+        case 6: tile(std::integral_constant<int, 6>{}, nv, r, c); break;
+        case 7: tile(std::integral_constant<int, 7>{}, nv, r, c); break;
+        default: tile(std::integral_constant<int, 8>{}, nv, r, c); break;
+      }
+    }
+  }
+}
+
+// out [M, N] float32 = x [M, K] (row stride ldx) @ w [K, N], N a multiple of the SIMD width. Half-typed
 // x is first widened to float32 in a buffer of the thread's own (SIMD conversions, once per element rather
 // than once per element and column panel; c10::Half's scalar conversion is a bit-twiddling function call).
 template <typename S>
@@ -467,28 +491,9 @@ void seq_product(const S* x, int64_t ldx, int64_t M, const float* w, int64_t N, 
     return seq_product<float>(xf.data(), K, M, w, N, K, out);
   }
   constexpr int64_t W = Vectorized<float>::size();
-  const int64_t nvec = N / W;
-  const int64_t tiles = (M + kSeqMR - 1) / kSeqMR;
-  const int mr = int((M + tiles - 1) / tiles);
-  const int nv_max = seq_nv(mr);
-  for (int64_t c = 0; c < nvec; c += nv_max) {
-    const int nv = int(std::min<int64_t>(nv_max, nvec - c));
-    for (int64_t r = 0; r < M; r += mr) {
-      const S* xr = x + r * ldx;
-      const float* wc = w + c * W;
-      float* o = out + r * N + c * W;
-      switch (std::min<int64_t>(mr, M - r)) {
-        case 1: seq_tile_nv<1, S>(nv, xr, ldx, wc, N, K, o); break;
-        case 2: seq_tile_nv<2, S>(nv, xr, ldx, wc, N, K, o); break;
-        case 3: seq_tile_nv<3, S>(nv, xr, ldx, wc, N, K, o); break;
-        case 4: seq_tile_nv<4, S>(nv, xr, ldx, wc, N, K, o); break;
-        case 5: seq_tile_nv<5, S>(nv, xr, ldx, wc, N, K, o); break;
-        case 6: seq_tile_nv<6, S>(nv, xr, ldx, wc, N, K, o); break;
-        case 7: seq_tile_nv<7, S>(nv, xr, ldx, wc, N, K, o); break;
-        default: seq_tile_nv<8, S>(nv, xr, ldx, wc, N, K, o); break;
-      }
-    }
-  }
+  seq_tiles(M, N / W, [&](auto m, int nv, int64_t r, int64_t c) {
+    seq_tile_nv<decltype(m)::value, S>(nv, x + r * ldx, ldx, w + c * W, N, K, out + r * N + c * W);
+  });
 }
 
 #if FASTLSTM_ISA_AVX512
@@ -534,31 +539,12 @@ FASTLSTM_BF16_TARGET void seq_tile_pairs_nv(int nv, const c10::BFloat16* x, int6
 }
 
 // out [M, N] float32 = x [M, K] bfloat16 (row stride ldx) @ the K-pair panel w (N columns), as seq_product.
-FASTLSTM_BF16_TARGET void seq_product_pairs(const c10::BFloat16* x, int64_t ldx, int64_t M, const uint16_t* w,
-                                            int64_t N, int64_t K, float* out) {
+inline void seq_product_pairs(const c10::BFloat16* x, int64_t ldx, int64_t M, const uint16_t* w, int64_t N,
+                              int64_t K, float* out) {
   constexpr int64_t W = 16;
-  const int64_t nvec = N / W;
-  const int64_t tiles = (M + kSeqMR - 1) / kSeqMR;
-  const int mr = int((M + tiles - 1) / tiles);
-  const int nv_max = seq_nv(mr);
-  for (int64_t c = 0; c < nvec; c += nv_max) {
-    const int nv = int(std::min<int64_t>(nv_max, nvec - c));
-    for (int64_t r = 0; r < M; r += mr) {
-      const c10::BFloat16* xr = x + r * ldx;
-      const uint16_t* wc = w + c * W * 2;
-      float* o = out + r * N + c * W;
-      switch (std::min<int64_t>(mr, M - r)) {
-        case 1: seq_tile_pairs_nv<1>(nv, xr, ldx, wc, N, K, o); break;
-        case 2: seq_tile_pairs_nv<2>(nv, xr, ldx, wc, N, K, o); break;
-        case 3: seq_tile_pairs_nv<3>(nv, xr, ldx, wc, N, K, o); break;
-        case 4: seq_tile_pairs_nv<4>(nv, xr, ldx, wc, N, K, o); break;
-        case 5: seq_tile_pairs_nv<5>(nv, xr, ldx, wc, N, K, o); break;
-        case 6: seq_tile_pairs_nv<6>(nv, xr, ldx, wc, N, K, o); break;
-        case 7: seq_tile_pairs_nv<7>(nv, xr, ldx, wc, N, K, o); break;
-        default: seq_tile_pairs_nv<8>(nv, xr, ldx, wc, N, K, o); break;
-      }
-    }
-  }
+  seq_tiles(M, N / W, [&](auto m, int nv, int64_t r, int64_t c) {
+    seq_tile_pairs_nv<decltype(m)::value>(nv, x + r * ldx, ldx, w + c * W * 2, N, K, out + r * N + c * W);
+  });
 }
 #undef FASTLSTM_BF16_TARGET
 #endif
