@@ -214,7 +214,8 @@ def test_the_wide_panel_rule_at_h256():
 
 def _native_bf16_gemms() -> bool:
     """AVX512-BF16 on an AMD CPU: oneDNN's bfloat16 GEMMs run on its own dot products (csrc/cpu/device.cpp's
-    native_half_gemms; an AMX CPU is not AMD, so the AMD rule is not taken there at all)."""
+    native_half_gemms; an AMX CPU is not AMD, so the AMD rule is not taken there at all), and the whole-sequence
+    path's bfloat16 panels are K-pairs (seq_bf16_pairs)."""
     return amd_cpu() and bool(torch.backends.cpu.get_cpu_capability() == "AVX512") and \
         "avx512_bf16" in open("/proc/cpuinfo").read()
 
@@ -255,16 +256,12 @@ def _bf16_pairs(on: bool):
     return _env("FASTLSTM_CPU_BF16_PAIRS", "1" if on else "0")
 
 
-def _avx512_bf16() -> bool:
-    return bool(torch.backends.cpu.get_cpu_capability() == "AVX512") and \
-        "avx512_bf16" in open("/proc/cpuinfo").read()
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 @pytest.mark.parametrize("cell", MODULES)
 def test_bfloat16_float32_panels_match_float64(cell, config):
-    """bfloat16 layers keep float32 panels where K-pair ones cannot run (no AVX512-BF16, odd K): that path held
-    to the same standard as test_both_paths_match_float64 holds the default one, on 2 threads."""
+    """bfloat16 layers keep float32 panels where K-pair ones do not run (not an AMD CPU with AVX512-BF16, odd
+    K): that path held to the same standard as test_both_paths_match_float64 holds the default one, on 2
+    threads."""
     T, B, I, H, L, bi = CONFIGS[config]
     torch.manual_seed(0)
     m = MODULES[cell](I, H, num_layers=L, bidirectional=bi).to(torch.bfloat16)
@@ -278,7 +275,7 @@ def test_bfloat16_float32_panels_match_float64(cell, config):
     assert_paths_match(seq, step, want, torch.bfloat16)
 
 
-@pytest.mark.skipif(not _avx512_bf16(), reason="K-pair panels run only on a CPU with AVX512-BF16")
+@pytest.mark.skipif(not _native_bf16_gemms(), reason="K-pair panels run only on an AMD CPU with AVX512-BF16")
 @pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
 def test_bfloat16_k_pairs_flush_subnormals_as_torch_does(train):
     """The K-pair panels (AVX512-BF16's VDPBF16PS) treat subnormal bfloat16 inputs as zero, as nn.LSTM's own

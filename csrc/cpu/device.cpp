@@ -152,13 +152,16 @@ namespace {
 // (the same product 5.5 ms against 10.3 ms in oneDNN's float32, the step GEMM [64, 256] x [256, 1024] 181 us
 // against 263 us: an EPYC, Zen 4, 2 threads, side by side). Not AVX512-BF16 on a Xeon without AMX: there
 // float32 won (bf16 input projection 190 GFLOP/s, float32 318 GFLOP/s at T=100, B=32, H=512).
+// Whether cpuinfo (ATen's CPU capabilities) reports `name`.
+bool cpu_flag(const char* name) {
+  static const auto caps = at::cpu::get_cpu_capabilities();
+  const auto it = caps.find(name);
+  return it != caps.end() && it->second.isBool() && it->second.toBool();
+}
+
 inline bool native_half_gemms(at::ScalarType dtype) {
   static const std::pair<bool, bool> k = [] {
-    const auto caps = at::cpu::get_cpu_capabilities();
-    auto flag = [&](const char* name) {
-      const auto it = caps.find(name);
-      return it != caps.end() && it->second.isBool() && it->second.toBool();
-    };
+    const auto flag = cpu_flag;
     return std::make_pair((flag("amx_bf16") && flag("amx_tile")) || (flag("avx512_bf16") && amd_cpu()),
                           flag("amx_fp16") && flag("amx_tile"));
   }();
@@ -169,12 +172,10 @@ inline bool native_half_gemms(at::ScalarType dtype) {
 
 bool seq_native_half_gemms(at::ScalarType dtype) { return native_half_gemms(dtype); }
 
+// AMD's only: measured there (csrc/cpu/sequence.h). On a Xeon without AMX oneDNN's own AVX512-BF16 GEMMs
+// ran slower than float32 ones (native_half_gemms), so the K-pair tile is not assumed to win there unmeasured.
 bool seq_bf16_pairs() {
-  static const bool k = [] {
-    const auto caps = at::cpu::get_cpu_capabilities();
-    const auto it = caps.find("avx512_bf16");
-    return isa() == Isa::AVX512 && it != caps.end() && it->second.isBool() && it->second.toBool();
-  }();
+  static const bool k = isa() == Isa::AVX512 && cpu_flag("avx512_bf16") && amd_cpu();
   return k;
 }
 

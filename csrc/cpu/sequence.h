@@ -4,7 +4,7 @@
 //
 // Each thread owns a slice of the hidden units with all their gates (a block, SeqPlan in rows.h) and keeps
 // its slice of W_hh, packed once per op call into a float32 panel (bfloat16 K-pairs for AVX512-BF16's dot
-// product where the CPU has it: SeqPlan::pairs), in its own cache for the whole sequence.
+// product on an AMD CPU that has it: SeqPlan::pairs), in its own cache for the whole sequence.
 // Per step it computes its part of h_{t-1} W_hh^T (backward: dgates_{t+1} W_hh) in float32 registers
 // (rows_impl.h), adds it into the step's pre-activations, runs the cell's own pass (the same code as the
 // per-step path) on its units, and waits at one barrier. Per step that replaces a GEMM call, a pass launch
@@ -55,8 +55,9 @@ bool seq_large_panels();
 // Whether oneDNN's GEMMs in `dtype` run on this CPU's own half-type dot products (AMX, or bfloat16's
 // AVX512-BF16 on an AMD CPU; device.cpp), so the per-step path's GEMMs are not float32 ones.
 bool seq_native_half_gemms(at::ScalarType dtype);
-// Whether the AVX-512 kernels can run bfloat16 panels as K-pairs on AVX512-BF16's dot product (SeqPlan::pairs;
-// cpuinfo's avx512_bf16). FASTLSTM_CPU_BF16_PAIRS=0 keeps float32 panels (tests, paired measurements).
+// Whether the AVX-512 kernels run bfloat16 panels as K-pairs on AVX512-BF16's dot product (SeqPlan::pairs;
+// cpuinfo's avx512_bf16, on an AMD CPU, where it was measured). FASTLSTM_CPU_BF16_PAIRS=0 keeps float32 panels
+// (tests, paired measurements).
 bool seq_bf16_pairs();
 
 // A barrier for the blocks of one layer call: each thread arrives once per step for all the blocks it runs.
@@ -312,12 +313,24 @@ class CpuSequence {
     panel_ = panel_storage(plan_.blocks * plan_.stride);
   }
   void pack_block(int64_t blk) const {
-    if (plan_.pairs) return pack_block_pairs(blk);
-    const int64_t H = d_.H, g = Seq::kGates, up = plan_.upad, k = plan_.k, n = plan_.n;
-    const float* src = ptr<const float>(w_float_);
+    const int64_t n = plan_.n;
+    if (plan_.pairs) {
+      // bfloat16 K-pairs [k / 2, n, 2] (SeqPlan::pairs), straight from the bfloat16 W_hh
+      uint16_t* pb = reinterpret_cast<uint16_t*>(const_cast<float*>(panel_) + blk * plan_.stride);
+      std::fill(pb, pb + plan_.k * n, uint16_t(0));
+      pack_into(ptr<const uint16_t>(w_hh_), blk,
+                [&](int64_t kk, int64_t col, uint16_t v) { pb[(kk / 2) * n * 2 + col * 2 + (kk & 1)] = v; });
+    } else {
+      float* pb = const_cast<float*>(panel_) + blk * plan_.stride;
+      std::fill(pb, pb + plan_.k * n, 0.0f);
+      pack_into(ptr<const float>(w_float_), blk, [&](int64_t kk, int64_t col, float v) { pb[kk * n + col] = v; });
+    }
+  }
+  // put(kk, column, W element) for every element of block blk's panel (the padding stays as filled).
+  template <typename W, class Put>
+  void pack_into(const W* src, int64_t blk, const Put& put) const {
+    const int64_t H = d_.H, g = Seq::kGates, up = plan_.upad, k = plan_.k;
     const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
-    float* pb = const_cast<float*>(panel_) + blk * plan_.stride;
-    std::fill(pb, pb + k * n, 0.0f);
     if (!backward_) {
       // column gate * upad + u of row kk = W_hh[gate * H + lo + u, kk]: a transpose, in 16 x 16 tiles (one
       // element per cache line either way otherwise: ~0.5 ms for H = 256, a tenth of a T=100 call)
@@ -327,38 +340,16 @@ class CpuSequence {
           for (int64_t k0 = 0; k0 < H; k0 += kT) {
             const int64_t u1 = std::min(uc, u0 + kT), k1 = std::min(H, k0 + kT);
             for (int64_t u = u0; u < u1; ++u) {
-              const float* row = src + (gate * H + lo + u) * H;
-              float* col = pb + gate * up + u;
-              for (int64_t kk = k0; kk < k1; ++kk) col[kk * n] = row[kk];
+              const W* row = src + (gate * H + lo + u) * H;
+              for (int64_t kk = k0; kk < k1; ++kk) put(kk, gate * up + u, row[kk]);
             }
           }
         }
       }
     } else {
       // column u of row kk (kk < G) = W_hh[kk, lo + u]
-      for (int64_t kk = 0; kk < k; ++kk) std::copy(src + kk * H + lo, src + kk * H + lo + uc, pb + kk * n);
-    }
-  }
-
-  // The same panel as bfloat16 K-pairs [k / 2, n, 2] (SeqPlan::pairs), straight from the bfloat16 W_hh:
-  // element (kk, column) at [kk / 2][column][kk % 2].
-  void pack_block_pairs(int64_t blk) const {
-    const int64_t H = d_.H, g = Seq::kGates, up = plan_.upad, k = plan_.k, n = plan_.n;
-    const uint16_t* src = ptr<const uint16_t>(w_hh_);
-    const int64_t lo = blk * plan_.units, uc = std::min(plan_.units, H - lo);
-    uint16_t* pb = reinterpret_cast<uint16_t*>(const_cast<float*>(panel_) + blk * plan_.stride);
-    std::fill(pb, pb + k * n, uint16_t(0));
-    auto at = [&](int64_t kk, int64_t col) -> uint16_t& { return pb[(kk / 2) * n * 2 + col * 2 + (kk & 1)]; };
-    if (!backward_) {
-      for (int64_t gate = 0; gate < g; ++gate) {
-        for (int64_t u = 0; u < uc; ++u) {
-          const uint16_t* row = src + (gate * H + lo + u) * H;
-          for (int64_t kk = 0; kk < H; ++kk) at(kk, gate * up + u) = row[kk];
-        }
-      }
-    } else {
       for (int64_t kk = 0; kk < k; ++kk) {
-        for (int64_t u = 0; u < uc; ++u) at(kk, u) = src[kk * H + lo + u];
+        for (int64_t u = 0; u < uc; ++u) put(kk, u, src[kk * H + lo + u]);
       }
     }
   }
