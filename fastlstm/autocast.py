@@ -22,6 +22,7 @@ rounding of its individually autocast matmuls.
 One deliberate difference: nn.LSTM under CPU float16 autocast with autograd recording raises oneDNN's "could
 not create a primitive descriptor", and on a CPU without float16 arithmetic (no avx512_fp16 / amx_fp16: an AMD
 EPYC, say) it raises that without autograd too; fastlstm's float16 CPU kernels run it and return float16.
+Likewise bfloat16 on a CPU without AVX-512 (an AMD EPYC Zen 3): nn.LSTM raises there, fastlstm runs it.
 """
 from __future__ import annotations
 
@@ -34,12 +35,13 @@ from torch.nn.utils.rnn import PackedSequence
 
 
 @functools.lru_cache(maxsize=None)
-def torch_lstm_runs_cpu_float16_autocast() -> bool:
-    """Whether nn.LSTM itself runs under CPU float16 autocast without autograd on this CPU (a one-step probe,
-    once per process). It takes oneDNN's RNN primitive there, which a CPU without float16 arithmetic cannot
-    create; callers that would run nn.LSTM so (the char-RNN's torch backend) give a clear error instead."""
+def torch_lstm_runs_cpu_autocast(dtype: torch.dtype = torch.float16) -> bool:
+    """Whether nn.LSTM itself runs under CPU autocast to `dtype` without autograd on this CPU (a one-step
+    probe, once per process and dtype). It takes oneDNN's RNN primitive there, which a CPU without the dtype's
+    arithmetic cannot create (float16: no avx512_fp16 / amx_fp16; bfloat16: no AVX-512 at all, an AMD EPYC
+    Zen 3, say); callers that would run nn.LSTM so (the char-RNN's torch backend) give a clear error instead."""
     try:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
             torch.nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
         return True
     except RuntimeError as e:

@@ -68,6 +68,14 @@ def amd_cpu() -> bool:
         return False
 
 
+def onednn_matmul_runs() -> bool:
+    """Whether oneDNN's matmul runs on this CPU at all (AVX-512 BW/VL/DQ or AVX-NE-CONVERT, as
+    csrc/cpu/device.cpp's onednn_matmul_runs and ATen's mkldnn_bf16_device_check read it). Elsewhere (an AMD
+    EPYC Zen 3, AVX2 only) ATen's mkldnn_matmul raises even for float32, so every GEMM stays on MKL."""
+    caps = torch._C._cpu._get_cpu_capability()
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" or bool(caps.get("avx_ne_convert"))
+
+
 HAS_CUDA = torch.cuda.is_available() and fastlstm.has_kernels("cuda")
 NO_CUDA_REASON = ("no CUDA device" if not torch.cuda.is_available()
                   else "fastlstm was built without CUDA kernels")

@@ -1,13 +1,14 @@
 """Which library runs the CPU's large float32 GEMMs (csrc/cpu/device.cpp, onednn_gemms): oneDNN's matmul on an
 AMD CPU, MKL elsewhere; FASTLSTM_CPU_GEMM=mkl / onednn overrides that per call, and torch.backends.mkldnn
-disabled keeps MKL. Either way the module computes what nn.LSTM does, inference what the training forward does
+disabled keeps MKL. A CPU where oneDNN's matmul does not run (no AVX-512: onednn_matmul_runs) keeps MKL
+whatever the setting. Either way the module computes what nn.LSTM does, inference what the training forward does
 (exactly: the same GEMM calls), and nothing is cached across calls."""
 import pytest
 import torch
 from torch.profiler import profile
 
 import fastlstm
-from conftest import TOL, one_direction_at_a_time
+from conftest import LOWP_FACTOR, LOWP_SLACK, TOL, one_direction_at_a_time, onednn_matmul_runs
 
 # Large enough for oneDNN (kOnednnMinMacs = 2^23 multiply-adds: the step GEMM [64, 256] x [256, 1024] is 2^24)
 # and for MKL's packed step GEMM; few steps keep it quick.
@@ -57,11 +58,47 @@ def test_the_setting_picks_the_library(gemm):
     x = torch.randn(T, B, I)
     with torch.no_grad():
         ops = _ops(lambda: m(x))
-    assert ("mkl::_mkl_linear" in ops) == (gemm == "mkl" and torch.backends.mkl.is_available()), ops
-    if gemm == "onednn":
+    on_mkl = gemm == "mkl" or not onednn_matmul_runs()
+    assert ("mkl::_mkl_linear" in ops) == (on_mkl and torch.backends.mkl.is_available()), ops
+    if not on_mkl:
         assert "aten::addmm" not in ops and "aten::mm" not in ops, ops
         with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
             assert "mkl::_mkl_linear" in _ops(lambda: m(x)) or not torch.backends.mkl.is_available()
+
+
+@pytest.mark.skipif(onednn_matmul_runs(), reason="oneDNN's matmul runs on this CPU; this is for one without "
+                    "AVX-512 (or AVX-NE-CONVERT), where ATen's mkldnn_matmul raises")
+@pytest.mark.parametrize("setting", [None, "onednn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_a_cpu_without_onednn_matmul_keeps_mkl(setting, dtype, monkeypatch):
+    """Regression: on an AMD EPYC Zen 3 (AVX2) every float32 GEMM of 2^23 multiply-adds or more went to
+    ATen's mkldnn_matmul, which raised "mkldnn_matmul bf16 path needs the cpu support ..." there: FastLSTM
+    failed at the char-RNN's shape (B=128, H=512), in bfloat16 too (float32 pre-activations)."""
+    if setting is None:
+        monkeypatch.delenv("FASTLSTM_CPU_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("FASTLSTM_CPU_GEMM", setting)
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H).to(dtype)
+    ref64 = torch.nn.LSTM(I, H).double()
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    m = fastlstm.FastLSTM.from_lstm(ref)
+    x = torch.randn(T, B, I).to(dtype)
+
+    def run(mod, dt):
+        xx = x.to(dt).requires_grad_()
+        out = mod(xx)[0]
+        return [out, *torch.autograd.grad(out.sum(), [xx, mod.weight_hh_l0])]
+
+    want = run(ref64, torch.float64)
+    for what, ours, theirs, exact in zip(("output", "grad_input", "grad_w_hh"), run(m, dtype), run(ref, dtype), want):
+        if dtype == torch.float32:
+            torch.testing.assert_close(ours.double(), exact, **TOL[torch.float32])
+        else:
+            e_ours, e_ref = (ours.double() - exact).abs().max().item(), (theirs.double() - exact).abs().max().item()
+            assert e_ours <= LOWP_FACTOR * e_ref + LOWP_SLACK[dtype], f"{what}: {e_ours:.3g} vs nn.LSTM {e_ref:.3g}"
+    with torch.no_grad():
+        assert ("mkl::_mkl_linear" in _ops(lambda: m(x))) == torch.backends.mkl.is_available()
 
 
 @pytest.mark.parametrize("gemm", ["onednn"], indirect=True)

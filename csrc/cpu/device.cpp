@@ -190,10 +190,19 @@ namespace {
 // FASTLSTM_CPU_GEMM=mkl / onednn overrides the vendor rule (read per call; tests run both), and
 // torch.backends.mkldnn.enabled = False keeps every GEMM on MKL. The choice depends only on the shape and
 // these settings, never on timing, so a run is reproducible.
+//
+// at::native::mkldnn_matmul runs only where oneDNN has its bfloat16 instructions (AVX-512 BW/VL/DQ or
+// AVX-NE-CONVERT: ATen's mkldnn_bf16_device_check), whatever the dtype: elsewhere it raises "mkldnn_matmul
+// bf16 path needs ...", even for float32 (seen on an AMD EPYC Zen 3, AVX2 only, torch 2.13). ATen itself
+// calls it only for half types and reduced-precision float32, so there every GEMM stays on MKL.
 constexpr int64_t kOnednnMinMacs = int64_t(1) << 23;
+bool onednn_matmul_runs() {
+  static const bool k = isa() == Isa::AVX512 || cpu_flag("avx_ne_convert");
+  return k;
+}
 inline bool onednn_gemms() {
 #if AT_MKLDNN_ENABLED()
-  if (!at::globalContext().userEnabledMkldnn()) return false;
+  if (!at::globalContext().userEnabledMkldnn() || !onednn_matmul_runs()) return false;
   const char* v = std::getenv("FASTLSTM_CPU_GEMM");
   if (v != nullptr && std::strcmp(v, "onednn") == 0) return true;
   if (v != nullptr && std::strcmp(v, "mkl") == 0) return false;

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..autocast import torch_lstm_runs_cpu_float16_autocast
+from ..autocast import torch_lstm_runs_cpu_autocast
 from .data import Vocab, batch_rows, load_text, num_batches, split
 from .errors import OPTIONAL, TRAIN_CHECKS, CharRNNError, check, flag
 from .model import BACKENDS, CELLS, DTYPES, CharRNN, State, detach
@@ -247,11 +247,17 @@ def check_dtype(dtype, device: str, backend: str, cell: str, training: bool) -> 
                            "(oneDNN has no float16 LSTM training primitive); use --dtype bfloat16, "
                            "--backend fastlstm, or --device cuda")
     if (dtype == "float16" and device == "cpu" and backend == "torch" and cell == "lstm"
-            and not torch_lstm_runs_cpu_float16_autocast()):
+            and not torch_lstm_runs_cpu_autocast(torch.float16)):
         # Without autograd oneDNN has a float16 LSTM primitive only for CPUs with float16 arithmetic.
         raise CharRNNError("--dtype float16 --device cpu: torch.nn.LSTM cannot run float16 on this CPU "
                            "(oneDNN has no float16 LSTM primitive for a CPU without avx512_fp16 / amx_fp16); "
                            "use --dtype bfloat16, --backend fastlstm, or --device cuda")
+    if (dtype == "bfloat16" and device == "cpu" and backend == "torch" and cell == "lstm"
+            and not torch_lstm_runs_cpu_autocast(torch.bfloat16)):
+        # oneDNN's bfloat16 LSTM primitive needs AVX-512 (seen: an AMD EPYC Zen 3, AVX2 only, torch 2.13).
+        raise CharRNNError("--dtype bfloat16 --device cpu: torch.nn.LSTM cannot run bfloat16 on this CPU "
+                           "(oneDNN has no bfloat16 LSTM primitive for a CPU without AVX-512); use --dtype "
+                           "float32, --backend fastlstm, or --device cuda")
 
 
 def _resolve_config(args: dict, ckpt: Optional[dict]) -> dict:
