@@ -15,7 +15,7 @@ needs_probe = pytest.mark.skipif(not measure.cpu_probe_available(),
 
 # Where oneDNN has no bfloat16 (no AVX-512: an AMD EPYC Zen 3), nn.LSTM runs bfloat16 on ATen's own per-step ops,
 # whose autograd frees each step's saved tensors as its backward passes them; fastlstm's backward holds the saved
-# gates [T, B, 4H] and their gradients [T, B, 4H] at once (bfloat16, 6.25 MiB each here): 21.4-21.5 MiB against
+# gates [T, B, 4H] and their gradients [T, B, 4H] at once (bfloat16, 6.25 MiB each here): 21.3-21.5 MiB against
 # nn.LSTM's 17.8-18.8 MiB, measured there. A known shortfall of issue 13's target, not hidden: strict, so the
 # test says when it closes.
 BF16_ON_ATEN = pytest.mark.xfail(not onednn_matmul_runs(), strict=True,

@@ -246,19 +246,15 @@ def check_dtype(dtype, device: str, backend: str, cell: str, training: bool) -> 
         raise CharRNNError("--dtype float16 --device cpu: torch.nn.LSTM cannot train in float16 on the CPU "
                            "(oneDNN has no float16 LSTM training primitive); use --dtype bfloat16, "
                            "--backend fastlstm, or --device cuda")
-    if (dtype == "float16" and device == "cpu" and backend == "torch" and cell == "lstm"
-            and not torch_lstm_runs_cpu_autocast(torch.float16)):
-        # Without autograd oneDNN has a float16 LSTM primitive only for CPUs with float16 arithmetic.
-        raise CharRNNError("--dtype float16 --device cpu: torch.nn.LSTM cannot run float16 on this CPU "
-                           "(oneDNN has no float16 LSTM primitive for a CPU without avx512_fp16 / amx_fp16); "
-                           "use --dtype bfloat16, --backend fastlstm, or --device cuda")
-    if (dtype == "bfloat16" and device == "cpu" and backend == "torch" and cell == "lstm"
-            and not torch_lstm_runs_cpu_autocast(torch.bfloat16)):
-        # oneDNN's bfloat16 LSTM primitive needs AVX-512 (seen: an AMD EPYC Zen 3, AVX2 only, torch 2.13).
-        raise CharRNNError("--dtype bfloat16 --device cpu: torch.nn.LSTM cannot run bfloat16 on this CPU "
-                           "(oneDNN has no bfloat16 LSTM primitive for a CPU without AVX-512); use --dtype "
-                           "float32, --backend fastlstm, or --device cuda")
-
+    # Without autograd oneDNN has a float16 LSTM primitive only for CPUs with float16 arithmetic, and a
+    # bfloat16 one only with AVX-512 (seen: an AMD EPYC Zen 3, AVX2 only, torch 2.13).
+    needs = {"float16": ("avx512_fp16 / amx_fp16", "bfloat16"), "bfloat16": ("AVX-512", "float32")}
+    if (dtype in needs and device == "cpu" and backend == "torch" and cell == "lstm"
+            and not torch_lstm_runs_cpu_autocast(DTYPES[dtype])):
+        isa, other = needs[dtype]
+        raise CharRNNError(f"--dtype {dtype} --device cpu: torch.nn.LSTM cannot run {dtype} on this CPU "
+                           f"(oneDNN has no {dtype} LSTM primitive for a CPU without {isa}); "
+                           f"use --dtype {other}, --backend fastlstm, or --device cuda")
 
 def _resolve_config(args: dict, ckpt: Optional[dict]) -> dict:
     """The run's configuration: DEFAULTS < command line. When resuming: the checkpoint's, except that
