@@ -282,3 +282,39 @@ def test_streaming_from_several_threads_while_modules_are_made():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_batch_one_steps_do_not_depend_on_the_thread_split(dtype):
+    """The batch-1 GEMV kernels work on blocks of rows (forward, W x) and of columns (backward, dgates W),
+    and the threads split those ranges wherever the chunk size falls. Each output must still be summed as
+    one alone would be, so one thread and two give the same bits: H = 301 puts the two-thread split of the
+    4H rows (at 602) and of the H columns (at 151) inside a block, and I = 37 leaves tails in every sum.
+    Checked against nn.LSTM too (float32/float64), so equal-but-wrong cannot pass."""
+    torch.manual_seed(0)
+    n_in, hid = 37, 301
+    ref = torch.nn.LSTM(n_in, hid).to(dtype)
+    m = fastlstm.FastLSTM.from_lstm(ref)
+    xs = [torch.randn(1, 1, n_in).to(dtype) for _ in range(3)]
+    h0 = (torch.randn(1, 1, hid).to(dtype), torch.randn(1, 1, hid).to(dtype))
+
+    def run(mod, threads):
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            state = tuple(s.clone().requires_grad_() for s in h0)
+            first, outs, s = state, [], state
+            for x in xs:
+                y, s = mod(x, s)
+                outs.append(y)
+            (gh0,) = torch.autograd.grad(torch.cat(outs).float().sum() + s[1].float().sum(), first[0])
+            return torch.cat(outs).detach(), s[0].detach(), s[1].detach(), gh0
+        finally:
+            torch.set_num_threads(prev)
+
+    one, two = run(m, 1), run(m, 2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b), "a batch-1 step's result changed with the thread count"
+    if dtype in (torch.float32, torch.float64):
+        for a, b in zip(two, run(ref, 2)):
+            torch.testing.assert_close(a, b, **TOL[dtype])

@@ -32,6 +32,8 @@ struct GruCell : CellBase {
   };
   struct SavedIn {
     Tensor hn;  // [T, B, H] S
+    mutable StepSlices hn_at;  // backward's per-step slices (no select() per step)
+    explicit SavedIn(Tensor h) : hn(std::move(h)), hn_at(hn) {}
   };
   static Tensor input_bias(const LayerArgs& a, const Params&) {
     if (!defined(a.b_hh)) return defined(a.b_ih) ? *a.b_ih : Tensor();
@@ -74,7 +76,7 @@ struct GruCell : CellBase {
   }
   template <class Dev>
   static void backward_step(const BackwardStep<GruCell>& s) {
-    const Tensor hn = s.saved->hn[s.t];
+    const Tensor hn = s.saved->hn_at[s.t];
     Dev::template run<cells::GruBackward>(s.gates, s.gates.size(0), s.dh.size(1), [&](auto tag) {
       using S = typename decltype(tag)::type;
       return cells::GruBackward::Args<S>{ptr<const S>(s.gates), ptr<const S>(hn),  ptr<const S>(s.h_prev),

@@ -35,12 +35,17 @@ struct LayerNormLstmCell : CellBase {
   };
   struct SavedIn {
     Tensor norm_ih, norm_hh, stats;
+    // backward's per-step slices of norm_hh and stats (no select() per step); mutable: they move their views
+    mutable StepSlices norm_hh_at, stats_at;
+    SavedIn(Tensor ni, Tensor nh, Tensor st)
+        : norm_ih(std::move(ni)), norm_hh(std::move(nh)), stats(std::move(st)), norm_hh_at(norm_hh), stats_at(stats) {}
   };
   struct Grads {
     Tensor dy;  // [T, B, H] A: the gradient of LN(c_t)
-    Tensor ln_ih_w, ln_ih_b;
+    StepSlices dy_at;
     static Grads alloc(const Dims& d, const at::TensorOptions& o) {
-      return Grads{at::empty({d.T, d.B, d.H}, o.dtype(acc_type(o.dtype().toScalarType())))};
+      Tensor dy = at::empty({d.T, d.B, d.H}, o.dtype(acc_type(o.dtype().toScalarType())));
+      return Grads{dy, StepSlices(dy)};
     }
   };
 
@@ -129,7 +134,7 @@ struct LayerNormLstmCell : CellBase {
   template <class Dev>
   static void backward_step(const BackwardStep<LayerNormLstmCell>& s) {
     const Params& p = *s.params;
-    const Tensor norm = s.saved->norm_hh[s.t], stats = s.saved->stats[s.t], dy = s.grads->dy[s.t];
+    const Tensor norm = s.saved->norm_hh_at[s.t], stats = s.saved->stats_at[s.t], dy = s.grads->dy_at[s.t];
     Dev::template run<cells::LnBackward>(s.gates, s.gates.size(0), s.c.size(1), [&](auto tag) {
       using S = typename decltype(tag)::type;
       using A = math::acc_of<S>;

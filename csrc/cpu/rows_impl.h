@@ -233,51 +233,109 @@ void rows(const typename Pass::template Args<S>& a, int64_t b0, int64_t b1, int6
 FASTLSTM_PASSES(FASTLSTM_INSTANTIATE_ROWS)
 #undef FASTLSTM_INSTANTIATE_ROWS
 
-template <typename scalar_t>
-void gemv_rows_t(const scalar_t* w, const scalar_t* x, scalar_t* y, int64_t r0, int64_t r1, int64_t K) {
+// y [r0, r1) += w [R, K] rows . x [K], R rows of K contiguous. kGemvRows rows at a time: one row's sum is
+// two FMA chains of K / (2 * width) links, latency-bound alone (Zen 3: 4-cycle FMAs, two units, so 8
+// chains in flight keep them busy), and the rows share each load of x. Every row's sum is still formed
+// exactly as one row alone forms it (same chains, same reduction, same tail), so the result does not
+// depend on how the range was split: streaming steps, whole-sequence steps and the threads' ranges agree.
+constexpr int64_t kGemvRows = 4;
+// The register blocks' loops over their rows / vectors, unrolled so their accumulators stay in registers
+// (GCC kept the half types' ones on the stack, storing them every iteration: 0.76x of one row at a time).
+#if defined(__clang__)
+#define FASTLSTM_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define FASTLSTM_UNROLL _Pragma("GCC unroll 8")
+#else
+#define FASTLSTM_UNROLL
+#endif
+
+template <typename scalar_t, int64_t NR>
+inline void gemv_rows_block(const scalar_t* w, const scalar_t* x, scalar_t* y, int64_t r, int64_t K) {
   using V = Vectorized<scalar_t>;
   const int64_t n = V::size();
-  for (int64_t r = r0; r < r1; ++r) {
-    const scalar_t* wr = w + r * K;
-    V acc0(0), acc1(0);
-    int64_t k = 0;
-    for (; k + 2 * n <= K; k += 2 * n) {
-      acc0 = at::vec::fmadd(V::loadu(wr + k), V::loadu(x + k), acc0);
-      acc1 = at::vec::fmadd(V::loadu(wr + k + n), V::loadu(x + k + n), acc1);
+  V acc0[NR], acc1[NR];
+  FASTLSTM_UNROLL
+  for (int64_t i = 0; i < NR; ++i) acc0[i] = acc1[i] = V(scalar_t(0));
+  int64_t k = 0;
+  for (; k + 2 * n <= K; k += 2 * n) {
+    const V x0 = V::loadu(x + k), x1 = V::loadu(x + k + n);
+    FASTLSTM_UNROLL
+    for (int64_t i = 0; i < NR; ++i) {
+      const scalar_t* wr = w + (r + i) * K;
+      acc0[i] = at::vec::fmadd(V::loadu(wr + k), x0, acc0[i]);
+      acc1[i] = at::vec::fmadd(V::loadu(wr + k + n), x1, acc1[i]);
     }
-    for (; k + n <= K; k += n) acc0 = at::vec::fmadd(V::loadu(wr + k), V::loadu(x + k), acc0);
-    scalar_t sum = at::vec::vec_reduce_all<scalar_t>([](V& a, V& b) { return a + b; }, acc0 + acc1);
-    for (; k < K; ++k) sum += wr[k] * x[k];
-    y[r] += sum;
+  }
+  if (k + n <= K) {
+    const V x0 = V::loadu(x + k);
+    FASTLSTM_UNROLL
+    for (int64_t i = 0; i < NR; ++i) acc0[i] = at::vec::fmadd(V::loadu(w + (r + i) * K + k), x0, acc0[i]);
+    k += n;
+  }
+  FASTLSTM_UNROLL
+  for (int64_t i = 0; i < NR; ++i) {
+    const scalar_t* wr = w + (r + i) * K;
+    scalar_t sum = at::vec::vec_reduce_all<scalar_t>([](V& a, V& b) { return a + b; }, acc0[i] + acc1[i]);
+    for (int64_t j = k; j < K; ++j) sum += wr[j] * x[j];
+    y[r + i] += sum;
   }
 }
 
+template <typename scalar_t>
+void gemv_rows_t(const scalar_t* w, const scalar_t* x, scalar_t* y, int64_t r0, int64_t r1, int64_t K) {
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_block<scalar_t, kGemvRows>(w, x, y, r, K);
+  for (; r < r1; ++r) gemv_rows_block<scalar_t, 1>(w, x, y, r, K);
+}
+
 // The half types: float32 registers and sums, one rounding per output (y += W x, as addmm_ rounds), x
-// converted to float32 once per call of the range.
-template <typename S>
-void gemv_rows_half(const S* w, const S* x, S* y, int64_t r0, int64_t r1, int64_t K) {
+// converted to float32 once per call of the range; rows in blocks as gemv_rows_t.
+template <typename S, int64_t NR>
+inline void gemv_rows_half_block(const S* w, const float* xf, S* y, int64_t r, int64_t K) {
   using V = Vectorized<float>;
   const int64_t n = V::size();
-  std::vector<float> xf(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) xf[size_t(k)] = static_cast<float>(x[k]);
-  for (int64_t r = r0; r < r1; ++r) {
-    const S* wr = w + r * K;
-    V acc0(0), acc1(0), w0, w1;
-    int64_t k = 0;
-    for (; k + 2 * n <= K; k += 2 * n) {
+  V acc0[NR], acc1[NR];
+  FASTLSTM_UNROLL
+  for (int64_t i = 0; i < NR; ++i) acc0[i] = acc1[i] = V(0.0f);
+  int64_t k = 0;
+  for (; k + 2 * n <= K; k += 2 * n) {
+    const V x0 = V::loadu(xf + k), x1 = V::loadu(xf + k + n);
+    FASTLSTM_UNROLL
+    for (int64_t i = 0; i < NR; ++i) {
+      const S* wr = w + (r + i) * K;
+      V w0, w1;
       at::vec::load_to_float(wr + k, w0);
       at::vec::load_to_float(wr + k + n, w1);
-      acc0 = at::vec::fmadd(w0, V::loadu(xf.data() + k), acc0);
-      acc1 = at::vec::fmadd(w1, V::loadu(xf.data() + k + n), acc1);
+      acc0[i] = at::vec::fmadd(w0, x0, acc0[i]);
+      acc1[i] = at::vec::fmadd(w1, x1, acc1[i]);
     }
-    for (; k + n <= K; k += n) {
-      at::vec::load_to_float(wr + k, w0);
-      acc0 = at::vec::fmadd(w0, V::loadu(xf.data() + k), acc0);
-    }
-    float sum = at::vec::vec_reduce_all<float>([](V& a, V& b) { return a + b; }, acc0 + acc1);
-    for (; k < K; ++k) sum += static_cast<float>(wr[k]) * xf[size_t(k)];
-    y[r] = static_cast<S>(static_cast<float>(y[r]) + sum);
   }
+  if (k + n <= K) {
+    const V x0 = V::loadu(xf + k);
+    FASTLSTM_UNROLL
+    for (int64_t i = 0; i < NR; ++i) {
+      V w0;
+      at::vec::load_to_float(w + (r + i) * K + k, w0);
+      acc0[i] = at::vec::fmadd(w0, x0, acc0[i]);
+    }
+    k += n;
+  }
+  FASTLSTM_UNROLL
+  for (int64_t i = 0; i < NR; ++i) {
+    const S* wr = w + (r + i) * K;
+    float sum = at::vec::vec_reduce_all<float>([](V& a, V& b) { return a + b; }, acc0[i] + acc1[i]);
+    for (int64_t j = k; j < K; ++j) sum += static_cast<float>(wr[j]) * xf[j];
+    y[r + i] = static_cast<S>(static_cast<float>(y[r + i]) + sum);
+  }
+}
+
+template <typename S>
+void gemv_rows_half(const S* w, const S* x, S* y, int64_t r0, int64_t r1, int64_t K) {
+  std::vector<float> xf(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) xf[size_t(k)] = static_cast<float>(x[k]);
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_half_block<S, kGemvRows>(w, xf.data(), y, r, K);
+  for (; r < r1; ++r) gemv_rows_half_block<S, 1>(w, xf.data(), y, r, K);
 }
 
 void gemv(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t r0, int64_t r1, int64_t K) {
@@ -298,40 +356,66 @@ void gemv(c10::ScalarType dtype, const void* w, const void* x, void* y, int64_t 
   }
 }
 
+// y [c0, c1) = a [R] @ w [R, C] columns. The columns in register blocks of kGemvTCols vectors, each summed
+// over all R rows in registers (y's loads and stores once per block rather than once per row, and
+// independent FMA chains for the units); each column's sum is still a[0] w[0, c] + a[1] w[1, c] + ... in
+// row order from zero, so the result does not depend on the block or the range split.
+constexpr int64_t kGemvTCols = 8;
+
+// A: the accumulator type (float for the half types); Load(p, v) loads a vector of A from p.
+template <typename A, int64_t NV, typename W, class Load>
+inline void gemv_t_block(const W* w, const A* a, A* y, int64_t c, int64_t R, int64_t C, const Load& load) {
+  using V = Vectorized<A>;
+  const int64_t n = V::size();
+  V acc[NV];
+  FASTLSTM_UNROLL
+  for (int64_t j = 0; j < NV; ++j) acc[j] = V(A(0));
+  for (int64_t r = 0; r < R; ++r) {
+    const V av(a[r]);
+    const W* wr = w + r * C + c;
+    FASTLSTM_UNROLL
+    for (int64_t j = 0; j < NV; ++j) {
+      V wv;
+      load(wr + j * n, wv);
+      acc[j] = at::vec::fmadd(av, wv, acc[j]);
+    }
+  }
+  FASTLSTM_UNROLL
+  for (int64_t j = 0; j < NV; ++j) acc[j].store(y + c + j * n);
+}
+
+// Columns [c0, c1) of y = a @ w into yf (A) through gemv_t_block, the tail columns one by one in the
+// same row order.
+template <typename A, typename W, class Load>
+inline void gemv_t_range(const W* w, const A* a, A* yf, int64_t c0, int64_t c1, int64_t R, int64_t C,
+                         const Load& load) {
+  const int64_t n = Vectorized<A>::size();
+  int64_t c = c0;
+  for (; c + kGemvTCols * n <= c1; c += kGemvTCols * n) gemv_t_block<A, kGemvTCols>(w, a, yf, c, R, C, load);
+  for (; c + n <= c1; c += n) gemv_t_block<A, 1>(w, a, yf, c, R, C, load);
+  // The tail columns with the vector lanes' fused multiply-add, so a column's value does not depend on
+  // whether the split put it in a lane or here (a separate multiply and add differed in the last bit).
+  for (; c < c1; ++c) {
+    A s(0);
+    for (int64_t r = 0; r < R; ++r) s = std::fma(a[r], static_cast<A>(w[r * C + c]), s);
+    yf[c] = s;
+  }
+}
+
 template <typename scalar_t>
 void gemv_t_cols(const scalar_t* w, const scalar_t* a, scalar_t* y, int64_t c0, int64_t c1, int64_t R, int64_t C) {
-  using V = Vectorized<scalar_t>;
-  const int64_t n = V::size();
-  std::fill(y + c0, y + c1, scalar_t(0));
-  for (int64_t r = 0; r < R; ++r) {
-    const scalar_t ar = a[r];
-    const V av(ar);
-    const scalar_t* wr = w + r * C;
-    int64_t c = c0;
-    for (; c + n <= c1; c += n) at::vec::fmadd(av, V::loadu(wr + c), V::loadu(y + c)).store(y + c);
-    for (; c < c1; ++c) y[c] += ar * wr[c];
-  }
+  gemv_t_range<scalar_t>(w, a, y, c0, c1, R, C,
+                         [](const scalar_t* p, Vectorized<scalar_t>& v) { v = Vectorized<scalar_t>::loadu(p); });
 }
 
 // The half types: the columns' sums in float32, rounded once into y.
 template <typename S>
 void gemv_t_cols_half(const S* w, const S* a, S* y, int64_t c0, int64_t c1, int64_t R, int64_t C) {
-  using V = Vectorized<float>;
-  const int64_t n = V::size();
-  std::vector<float> acc(static_cast<size_t>(c1 - c0), 0.0f);
+  std::vector<float> af(static_cast<size_t>(R)), acc(static_cast<size_t>(c1 - c0));
+  for (int64_t r = 0; r < R; ++r) af[size_t(r)] = static_cast<float>(a[r]);
   float* yf = acc.data() - c0;
-  for (int64_t r = 0; r < R; ++r) {
-    const float ar = static_cast<float>(a[r]);
-    const V av(ar);
-    const S* wr = w + r * C;
-    int64_t c = c0;
-    V wv;
-    for (; c + n <= c1; c += n) {
-      at::vec::load_to_float(wr + c, wv);
-      at::vec::fmadd(av, wv, V::loadu(yf + c)).store(yf + c);
-    }
-    for (; c < c1; ++c) yf[c] += ar * static_cast<float>(wr[c]);
-  }
+  gemv_t_range<float>(w, af.data(), yf, c0, c1, R, C,
+                      [](const S* p, Vectorized<float>& v) { at::vec::load_to_float(p, v); });
   for (int64_t c = c0; c < c1; ++c) y[c] = static_cast<S>(yf[c]);
 }
 
