@@ -366,6 +366,8 @@ struct CellBase {
   static void seq_forward_extra(QF&, SavedT&, const ParamsT&) {}
   template <class QB, class SavedInT, class ParamsT>
   static void seq_backward_extra(QB&, const SavedInT&, const ParamsT&) {}
+  template <class QB, class GradsT>
+  static void seq_backward_grads(QB&, GradsT&) {}
   // The gradient of the projection x W_ih^T from that of the gates' input term dgx [T, B, G]: the same.
   template <class Dev, class SavedT, class GradsT, class ParamsT>
   static Tensor input_term_grad(const Tensor& dgx, const SavedT&, GradsT&, const ParamsT&) {
@@ -400,6 +402,7 @@ struct SeqBackwardCall {
   Tensor grad_h0, grad_c0;  // [B, H] S out, [B, H] A out
   const typename Cell::SavedIn* saved;
   const typename Cell::Params* params;
+  typename Cell::Grads* grads;  // the cell's own per-step gradients (LayerNormLSTM's dy), written by the launch
 };
 
 // The framework-free arguments of a whole-sequence launch (cells/sequence.h) from one call's tensors, for
@@ -460,6 +463,7 @@ cells::SeqBackwardArgs<S> seq_backward_args(const SeqBackwardCall<Cell>& c, cons
   q.H = d.H;
   q.reverse = reverse;
   Cell::seq_backward_extra(q, *c.saved, *c.params);
+  Cell::seq_backward_grads(q, *c.grads);
   return q;
 }
 
@@ -1008,7 +1012,7 @@ BackwardResult<Cell> layer_backward(const Check& chk, const LayerArgs& a, const 
     Tensor gh0 = at::empty({B, P}, opts);
     Tensor gc0 = Cell::kHasC ? at::empty({B, H}, opts.dtype(acc)) : Tensor();
     seq.backward(SeqBackwardCall<Cell>{gates, cells, c0_acc, h_prev_all, gout, dh, dc, dgx, dgh, gh0, gc0, &saved,
-                                       &params});
+                                       &params, &r.grads});
     dh = gh0;
     dc = gc0;
   }

@@ -23,6 +23,10 @@ TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-8),
     torch.float32: dict(atol=2e-5, rtol=1e-4),
 }
+# LayerNormLSTM's float32 against float64: each layer norm divides by a row's standard deviation, which scales
+# float32 rounding up; 4x the plain LSTM's float32 tolerance (measured: 2.5e-5 abs on the 2-layer
+# bidirectional packed case, where the LSTM's 2e-5 is exceeded by one element).
+LN_TOL = {torch.float64: TOL[torch.float64], torch.float32: {k: 4 * v for k, v in TOL[torch.float32].items()}}
 
 # Low-precision rule (flash-attention's): fastlstm's error against a float64 reference may be at most
 # LOWP_FACTOR times nn.LSTM's own error in that dtype (plus LOWP_SLACK, for errors at rounding level).

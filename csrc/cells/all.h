@@ -14,5 +14,9 @@
 
 // The cells with a whole-sequence description (sequence.h), which the persistent CUDA kernel runs (the
 // peephole cell in its diagonal mode). Layer norm needs a sum over the whole row per step and full
-// peepholes a product of c with a matrix, neither of which a block owning a slice of the units has.
+// peepholes a product of c with a matrix, neither of which a block owning a slice of the units has (the
+// CPU runs layer norm's steps in two phases instead, below).
 #define FASTLSTM_SEQUENCES(X) X(LstmSeq) X(GruSeq) X(PeepholeSeq)
+// The CPU's whole-sequence path runs these and the layer-norm LSTM, whose pass needs whole rows: two phases a
+// step there (sequence.h: SeqTraits::rows).
+#define FASTLSTM_CPU_SEQUENCES(X) FASTLSTM_SEQUENCES(X) X(LnSeq)

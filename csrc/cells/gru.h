@@ -111,6 +111,7 @@ struct GruSeq {
   static constexpr bool kHasC = false;
   static constexpr bool kSeparateRec = true;
   static constexpr bool kDirectDh = true;
+  static constexpr bool kRowPass = false;
   template <typename S>
   FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
                                                                      const S* h_prev, S* h) {

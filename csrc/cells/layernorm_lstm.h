@@ -10,6 +10,7 @@
 #pragma once
 
 #include "passes.h"
+#include "sequence.h"
 
 namespace fastlstm {
 namespace cells {
@@ -255,6 +256,48 @@ struct LnInputNormBackward {
       FASTLSTM_LANE(L);
       L.store(a.da + r * G + j, C(rstd) * (L.load(d + j) * L.load(a.w + j) - C(m1) - L.load(n + j) * C(m2)));
     });
+  }
+};
+
+// The cell for the CPU's whole-sequence path (sequence.h), in two phases a step (SeqTraits::rows): the
+// recurrent product by blocks of units into q.rec (or q.rec_acc), then LnForward / LnBackward on whole rows,
+// the per-step path's own passes.
+struct LnSeq {
+  using Fwd = LnForward;
+  using Bwd = LnBackward;
+  static constexpr int kGates = 4;
+  static constexpr bool kHasC = true;
+  static constexpr bool kSeparateRec = true;
+  static constexpr bool kDirectDh = false;
+  static constexpr bool kRowPass = true;
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
+                                                                     const S*, S* h) {
+    const int64_t t = q.step(s), G = 4 * q.H;
+    return {q.gates_at(s, G),
+            q.rec,
+            q.norm == nullptr ? nullptr : q.norm + t * q.B * G,
+            q.ln_hh_w,
+            q.ln_hh_b,
+            q.cell_before(s),
+            q.cell_at(s),
+            q.ln_c_w,
+            q.ln_c_b,
+            h,
+            q.stats == nullptr ? nullptr : q.stats + t * q.B * 4,
+            q.eps,
+            q.pre_at(s, G),
+            q.rec_acc};
+  }
+  // dg [B, 4H] out: the gradient of the recurrent product (dgh, which the next step's product reads); the
+  // pass writes the gates' (dgx) beside it.
+  template <typename S>
+  FASTLSTM_HOST_DEVICE static typename Bwd::template Args<S> backward(const SeqBackwardArgs<S>& q, int64_t s,
+                                                                      const acc_of<S>* dc_next, S* dg,
+                                                                      acc_of<S>* dc_prev) {
+    const int64_t t = q.step(s), G = 4 * q.H, BG = q.B * G;
+    return {q.gates + t * BG, q.norm + t * BG, q.ln_hh_w, q.cell_at(s), q.cell_before(s), q.ln_c_w, q.ln_c_b,
+            q.stats + t * q.B * 4, q.dh, dc_next, q.dgx + t * BG, dg, dc_prev, q.dy + t * q.B * q.H};
   }
 };
 

@@ -15,6 +15,7 @@ struct LayerNormLstmCell : CellBase {
   static constexpr int kGates = 4;
   static constexpr bool kSeparateRec = true;
   static constexpr bool kProjectEpilogue = true;
+  using Seq = cells::LnSeq;  // the CPU's two-phase whole-sequence path (cells::SeqTraits::rows)
   struct Params {
     Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b;  // [4H] x 4, [H] x 2, S contiguous
     Tensor bias;                                                 // b_ih + b_hh [4H], or undefined
@@ -76,6 +77,34 @@ struct LayerNormLstmCell : CellBase {
     chk("norm_ih", s.norm_ih, {d.T, d.B, d.G});
     chk("norm_hh", s.norm_hh, {d.T, d.B, d.G});
     chk("stats", s.stats, {d.T, d.B, 4}, acc_type(s.norm_ih.defined() ? s.norm_ih.scalar_type() : at::kFloat));
+  }
+  // The whole-sequence path's layer-norm pointers: training's saved norm_hh and stats (null in inference).
+  template <class QF>
+  static void seq_forward_extra(QF& q, Saved& sv, const Params& p) {
+    using S = std::remove_const_t<std::remove_pointer_t<decltype(q.ln_hh_w)>>;
+    using A = std::remove_pointer_t<decltype(q.stats)>;
+    q.ln_hh_w = ptr<const S>(p.ln_hh_w);
+    q.ln_hh_b = ptr<const S>(p.ln_hh_b);
+    q.ln_c_w = ptr<const S>(p.ln_c_w);
+    q.ln_c_b = ptr<const S>(p.ln_c_b);
+    q.norm = ptr_or_null<S>(sv.norm_hh);
+    q.stats = ptr_or_null<A>(sv.stats);
+    q.eps = A(p.eps);
+  }
+  template <class QB>
+  static void seq_backward_extra(QB& q, const SavedIn& sv, const Params& p) {
+    using S = std::remove_const_t<std::remove_pointer_t<decltype(q.ln_hh_w)>>;
+    using A = std::remove_const_t<std::remove_pointer_t<decltype(q.stats)>>;
+    q.norm = ptr<const S>(sv.norm_hh);
+    q.ln_hh_w = ptr<const S>(p.ln_hh_w);
+    q.ln_c_w = ptr<const S>(p.ln_c_w);
+    q.ln_c_b = ptr<const S>(p.ln_c_b);
+    q.stats = ptr<const A>(sv.stats);
+  }
+  template <class QB>
+  static void seq_backward_grads(QB& q, Grads& g) {
+    using A = std::remove_pointer_t<decltype(q.dy)>;
+    q.dy = ptr<A>(g.dy);
   }
   // The biases are added after the input term's layer norm, not in the GEMM.
   static Tensor input_bias(const LayerArgs&, const Params&) { return Tensor(); }

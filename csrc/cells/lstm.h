@@ -95,6 +95,7 @@ struct LstmSeq {
   static constexpr bool kHasC = true;
   static constexpr bool kSeparateRec = false;
   static constexpr bool kDirectDh = false;
+  static constexpr bool kRowPass = false;
   // Processing step s: h_prev [B, H] the state it starts from, h [B, H] out.
   template <typename S>
   FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,

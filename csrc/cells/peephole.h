@@ -212,6 +212,7 @@ struct PeepholeSeq {
   static constexpr bool kHasC = true;
   static constexpr bool kSeparateRec = false;
   static constexpr bool kDirectDh = false;
+  static constexpr bool kRowPass = false;
   template <typename S>
   FASTLSTM_HOST_DEVICE static typename Fwd::template Args<S> forward(const SeqForwardArgs<S>& q, int64_t s,
                                                                      const S*, S* h) {

@@ -36,6 +36,12 @@ struct SeqForwardArgs {
   bool hn_per_step;
   const S* b_hn;       // GRU: [H] or null
   const acc_of<S>*p_i, *p_f, *p_o;  // diagonal peepholes: [H] A each
+  // layer norm (row-pass cells, SeqTraits): the recurrent term's and the cell state's norms, and what training
+  // saves for backward (null in inference)
+  const S *ln_hh_w, *ln_hh_b, *ln_c_w, *ln_c_b;  // [G], [G], [H], [H]
+  S* norm;                                        // [T, B, G]: the normalised recurrent product
+  acc_of<S>* stats;                               // [T, B, 4]
+  acc_of<S> eps;
   int64_t T, B, H;
   int64_t s0, s1;      // the steps of this launch, in processing order
   bool reverse;
@@ -76,6 +82,10 @@ struct SeqBackwardArgs {
   S* grad_h0;           // [B, H] out
   A* grad_c0;           // [B, H] out (cells with c)
   const A *p_i, *p_f, *p_o;  // diagonal peepholes: [H] A each
+  // layer norm (row-pass cells): as saved by the forward, and dy [T, B, H] A out: the gradient of LN(c_t)
+  const S *norm, *ln_hh_w, *ln_c_w, *ln_c_b;  // [T, B, G], [G], [H], [H]
+  const A* stats;                             // [T, B, 4]
+  A* dy;
   int64_t T, B, H;
   bool reverse;
 
@@ -83,6 +93,21 @@ struct SeqBackwardArgs {
   // Step s's cell state and the one it started from (c0 for the first step).
   FASTLSTM_HOST_DEVICE const A* cell_at(int64_t s) const { return cells + step(s) * B * H; }
   FASTLSTM_HOST_DEVICE const A* cell_before(int64_t s) const { return s == 0 ? c0 : cell_at(s - 1); }
+};
+
+// How a cell's Seq runs on a device. blocks: its passes work on a slice of the units (one barrier a step;
+// every device). rows: they need whole rows (the layer norm's row sums), so the CPU runs each step in two
+// phases, the recurrent product by units and the pass by batch rows, with a barrier after each; the
+// persistent CUDA kernel does not take these.
+template <class Seq>
+struct SeqTraits {
+  static constexpr bool blocks = !Seq::kRowPass;
+  static constexpr bool rows = Seq::kRowPass;
+};
+template <>
+struct SeqTraits<void> {
+  static constexpr bool blocks = false;
+  static constexpr bool rows = false;
 };
 
 }  // namespace cells

@@ -78,11 +78,14 @@ template <class Seq, typename S>
 SeqKernels<Seq, S> seq_kernels() {
   switch (isa()) {
     case Isa::AVX512:
-      return {&isa_AVX512::seq_forward_step<Seq, S>, &isa_AVX512::seq_backward_step<Seq, S>};
+      return {&isa_AVX512::seq_forward_step<Seq, S>, &isa_AVX512::seq_backward_step<Seq, S>,
+              &isa_AVX512::rows<typename Seq::Fwd, S>, &isa_AVX512::rows<typename Seq::Bwd, S>};
     case Isa::AVX2:
-      return {&isa_AVX2::seq_forward_step<Seq, S>, &isa_AVX2::seq_backward_step<Seq, S>};
+      return {&isa_AVX2::seq_forward_step<Seq, S>, &isa_AVX2::seq_backward_step<Seq, S>,
+              &isa_AVX2::rows<typename Seq::Fwd, S>, &isa_AVX2::rows<typename Seq::Bwd, S>};
     default:
-      return {&isa_DEFAULT::seq_forward_step<Seq, S>, &isa_DEFAULT::seq_backward_step<Seq, S>};
+      return {&isa_DEFAULT::seq_forward_step<Seq, S>, &isa_DEFAULT::seq_backward_step<Seq, S>,
+              &isa_DEFAULT::rows<typename Seq::Fwd, S>, &isa_DEFAULT::rows<typename Seq::Bwd, S>};
   }
 }
 bool seq_simd() { return isa() != Isa::DEFAULT; }

@@ -712,7 +712,8 @@ void seq_forward_step(const cells::SeqForwardArgs<S>& q, const SeqForwardExtra<S
       }
     }
   }
-  seq_rows<typename Seq::Fwd, S>(Seq::template forward<S>(q, s, h_prev, h), lo, lo + uc, M, H);
+  // A row-pass cell's pass runs in the step's second phase, on whole rows (sequence.h).
+  if constexpr (!Seq::kRowPass) seq_rows<typename Seq::Fwd, S>(Seq::template forward<S>(q, s, h_prev, h), lo, lo + uc, M, H);
   if (x.active == nullptr) return;
   const int64_t a_next = s + 1 < q.T ? x.active[q.step(s + 1)] : 0;
   for (int64_t b = M; b < B; ++b) {
@@ -776,8 +777,10 @@ void seq_backward_step(const cells::SeqBackwardArgs<S>& q, const float* w, float
   }
   const A* dc_next = Seq::kHasC ? (last ? q.grad_c_n : q.dcbuf + ((s + 1) % 2) * B * H) : nullptr;
   A* dc_prev = Seq::kHasC ? q.dcbuf + (s % 2) * B * H : nullptr;
-  seq_rows<typename Seq::Bwd, S>(Seq::template backward<S>(q, s, dc_next, dg_all + t * B * G, dc_prev), lo,
-                                 lo + uc, B, H);
+  if constexpr (!Seq::kRowPass) {
+    seq_rows<typename Seq::Bwd, S>(Seq::template backward<S>(q, s, dc_next, dg_all + t * B * G, dc_prev), lo,
+                                   lo + uc, B, H);
+  }
 }
 
 #define FASTLSTM_INSTANTIATE_SEQ_S(SEQ, S)                                                                     \
@@ -789,7 +792,7 @@ void seq_backward_step(const cells::SeqBackwardArgs<S>& q, const float* w, float
   FASTLSTM_INSTANTIATE_SEQ_S(SEQ, float)           \
   FASTLSTM_INSTANTIATE_SEQ_S(SEQ, c10::BFloat16)   \
   FASTLSTM_INSTANTIATE_SEQ_S(SEQ, c10::Half)
-FASTLSTM_SEQUENCES(FASTLSTM_INSTANTIATE_SEQ)
+FASTLSTM_CPU_SEQUENCES(FASTLSTM_INSTANTIATE_SEQ)
 #undef FASTLSTM_INSTANTIATE_SEQ
 #undef FASTLSTM_INSTANTIATE_SEQ_S
 

@@ -7,7 +7,9 @@
 // product on an AMD CPU that has it: SeqPlan::pairs), in its own cache for the whole sequence.
 // Per step it computes its part of h_{t-1} W_hh^T (backward: dgates_{t+1} W_hh) in float32 registers
 // (rows_impl.h), adds it into the step's pre-activations, runs the cell's own pass (the same code as the
-// per-step path) on its units, and waits at one barrier. Per step that replaces a GEMM call, a pass launch
+// per-step path) on its units, and waits at one barrier. The layer-norm LSTM's pass needs sums over whole
+// rows (cells::SeqTraits::rows): its steps run in two phases, the product by blocks of units into the pass's
+// separate operand, a barrier, then the pass on each thread's share of the batch rows, a barrier. Per step that replaces a GEMM call, a pass launch
 // and the driver's slicing with the arithmetic and one barrier (measured on 2 threads, B=16, H=64, T=1000,
 // inference: 13.2 ms per call on the per-step path, 8.7 ms here).
 //
@@ -42,6 +44,9 @@ template <class Seq, typename S>
 struct SeqKernels {
   SeqForwardFn<Seq, S> forward;
   SeqBackwardFn<Seq, S> backward;
+  // A row-pass cell's (cells::SeqTraits::rows) passes on batch rows, the per-step path's row kernels.
+  RowsFn<typename Seq::Fwd, S> forward_rows;
+  RowsFn<typename Seq::Bwd, S> backward_rows;
 };
 // This CPU's instruction set's kernels (device.cpp picks them as it picks the row kernels).
 template <class Seq, typename S>
@@ -180,8 +185,8 @@ class CpuSequence {
       if (defined(a.w_hr) || d.T == 0 || d.B == 0 || !Cell::seq_ok(params)) return;
       if (defined(a.lengths)) {
         // Sorted lengths (a PackedSequence's) run forward on the active rows (rows_impl.h); unsorted ones,
-        // and backward, take the per-step path's masks and prefix.
-        if (backward) return;
+        // backward, and the row-pass cells, take the per-step path's masks and prefix.
+        if (backward || cells::SeqTraits<Seq>::rows) return;
         active_ = prefix_active_rows(a.lengths, d.T);
         if (active_.empty()) return;
       }
@@ -233,6 +238,21 @@ class CpuSequence {
         float* tile0 = ptr<float>(tiles);
         const SeqPlan p = plan_;
         const int64_t tile_elems = d_.B * p.n;
+        if constexpr (cells::SeqTraits<Seq>::rows) {
+          // Two phases a step: the product into q.rec by blocks of units, then the pass on whole rows.
+          const auto rows_fn = seq_kernels<Seq, S>().forward_rows;
+          run_phases(p.blocks, 2 * (c.s1 - c.s0), [&](int64_t k, int64_t i) {
+            const int64_t s = c.s0 + i / 2;
+            if (i % 2 == 0) {
+              if (i == 0 && pack) pack_block(k);
+              return fn(q, x, w, tile0 + k * tile_elems, p, k, s);
+            }
+            const int64_t r0 = k * d_.B / p.blocks, r1 = (k + 1) * d_.B / p.blocks;
+            const S* h_prev = s == 0 ? x.h0 : q.out + q.step(s - 1) * d_.B * d_.H;
+            if (r1 > r0) rows_fn(Seq::template forward<S>(q, s, h_prev, q.out + q.step(s) * d_.B * d_.H), r0, r1, d_.H);
+          });
+          return;
+        }
         run_phases(p.blocks, c.s1 - c.s0, [&](int64_t k, int64_t i) {
           if (i == 0 && pack) pack_block(k);
           fn(q, x, w, tile0 + k * tile_elems, p, k, c.s0 + i);
@@ -265,6 +285,25 @@ class CpuSequence {
         float* tile0 = ptr<float>(tiles);
         const SeqPlan p = plan_;
         const int64_t T = d_.T, tile_elems = B * p.n;
+        if constexpr (cells::SeqTraits<Seq>::rows) {
+          // Two phases a step (T-1 down to 0): dh by blocks of units, then the pass on whole rows; the last
+          // phase (i = 2T) forms grad_h0 and grad_c0.
+          const auto rows_fn = seq_kernels<Seq, S>().backward_rows;
+          S* dg_all = Seq::kSeparateRec ? q.dgh : q.dgx;
+          run_phases(p.blocks, 2 * T + 1, [&](int64_t k, int64_t i) {
+            const int64_t s = T - 1 - i / 2;
+            if (i % 2 == 0) {
+              if (i == 0) pack_block(k);
+              return fn(q, w, tile0 + k * tile_elems, p, k, s);
+            }
+            const int64_t r0 = k * B / p.blocks, r1 = (k + 1) * B / p.blocks;
+            if (r1 <= r0) return;
+            const auto* dc_next = s == T - 1 ? q.grad_c_n : q.dcbuf + ((s + 1) % 2) * B * H;
+            auto* dc_prev = q.dcbuf + (s % 2) * B * H;
+            rows_fn(Seq::template backward<S>(q, s, dc_next, dg_all + q.step(s) * B * d_.G, dc_prev), r0, r1, H);
+          });
+          return;
+        }
         // Phase i runs step T-1-i; the last phase (i = T) forms grad_h0 and grad_c0.
         run_phases(p.blocks, T + 1, [&](int64_t k, int64_t i) {
           if (i == 0) pack_block(k);

@@ -26,11 +26,12 @@ class PersistentSequence {
   using Seq = typename Cell::Seq;
 
  public:
-  // The path is taken when it is on, the cell has a whole-sequence description, the layer has no packed
-  // lengths and no projection (both need more than one barrier per step), and the plan fits the device.
+  // The path is taken when it is on, the cell has a whole-sequence description whose passes run on a block's
+  // units (cells::SeqTraits::blocks), the layer has no packed lengths and no projection (both need more than
+  // one barrier per step), and the plan fits the device.
   PersistentSequence(const LayerArgs& a, const Dims& d, const typename Cell::Params& params, bool backward)
       : a_(a), d_(d) {
-    if constexpr (!std::is_void_v<Seq>) {
+    if constexpr (cells::SeqTraits<Seq>::blocks) {
       if (!Runner::enabled(a.input) || defined(a.lengths) || defined(a.w_hr) || d.T == 0 || d.B == 0) return;
       if (!Cell::seq_ok(params)) return;
       int sms = 0;
@@ -49,7 +50,7 @@ class PersistentSequence {
   bool adds_bias() const { return false; }
 
   void forward(const SeqForwardCall<Cell>& c) {
-    if constexpr (!std::is_void_v<Seq>) {
+    if constexpr (cells::SeqTraits<Seq>::blocks) {
       const int64_t B = d_.B, H = d_.H, G = d_.G;
       const auto opts = a_.input.options();
       if (!hbuf_.defined()) {
@@ -67,7 +68,7 @@ class PersistentSequence {
   }
 
   void backward(const SeqBackwardCall<Cell>& c) {
-    if constexpr (!std::is_void_v<Seq>) {
+    if constexpr (cells::SeqTraits<Seq>::blocks) {
       const int64_t B = d_.B, H = d_.H, G = d_.G;
       const auto opts = a_.input.options();
       const Tensor dgbuf = at::zeros({2, plan_.rows, G}, opts);
