@@ -276,6 +276,42 @@ def test_gradcheck_op(reverse, lengths, bias):
     assert torch.autograd.gradcheck(lambda *t: layernorm_lstm_layer(*t, *rest), tensors)
 
 
+def _layer_grads(args):
+    """Every gradient of a weighted loss over the layer's three results (the op's backward, or the oracle's)."""
+    out = layernorm_lstm_layer(*args)
+    weights = [torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o) for o in out]
+    return torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), args[:13])
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+def test_parameter_gradients_over_many_row_chunks(lengths):
+    """The layer norms' parameter gradients are summed in fixed chunks of rows (LnParamGrads): with T*B = 91
+    rows (two whole chunks and a part), float64 against the oracle's autograd, and float32 bit for bit the
+    same on 1 and 2 threads."""
+    args = _layer_args(T=13, B=7, I=5, H=24, lengths=False)
+    if lengths:
+        args[13] = torch.tensor([13, 13, 11, 8, 8, 3, 1])
+    got = _layer_grads(args)
+    ref = fastlstm.reference.layernorm_lstm_layer_ref
+    out = ref(*args[:13], lengths=args[13], reverse=False)
+    weights = [torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o) for o in out]
+    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), args[:13])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[F64])
+    args32 = [a.detach().float().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
+              for a in args]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _layer_grads(args32)
+        torch.set_num_threads(2)
+        two = _layer_grads(args32)
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(one[5:], two[5:]):  # the biases' and the six layer-norm parameters'
+        assert torch.equal(a, b)
+
+
 def test_layer_matches_oracle_and_keeps_state_past_length():
     args = _layer_args(T=4, B=3, lengths=False, requires_grad=False)
     lengths = torch.tensor([4, 0, 2])

@@ -10,7 +10,7 @@
 #define FASTLSTM_PASSES(X)                                                                            \
   X(LstmForward) X(LstmBackward) X(GruForward) X(GruBackward) X(PeepholeForwardDiag) X(PeepholeForwardC) \
   X(PeepholeForwardH) X(PeepholeBackwardDiag) X(PeepholeBackwardH) X(PeepholeBackwardC) X(LnInputNorm)   \
-  X(LnForward) X(LnBackward) X(LnInputNormBackward)
+  X(LnForward) X(LnBackward) X(LnInputNormBackward) X(LnParamGrads)
 
 // The cells with a whole-sequence description (sequence.h), which the persistent CUDA kernel runs (the
 // peephole cell in its diagonal mode). Layer norm needs a sum over the whole row per step and full

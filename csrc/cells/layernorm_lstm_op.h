@@ -178,6 +178,28 @@ struct LayerNormLstmCell : CellBase {
     s.grads->dy[s.t].masked_fill_(off, 0);
   }
 
+  // The layer norms' parameter gradients in one pass (cells::LnParamGrads), summed in float32 and rounded once:
+  // dgx [T, B, 4H] S, dy [T, B, H] A, cells [T, B, H] A -> [14H] S: the biases' (b_ih, b_hh and both layer
+  // norms' shifts: all the gradient of the pre-activations) [4H], ln_ih_w's [4H], ln_hh_w's [4H], ln_c_w's
+  // [H], ln_c_b's [H].
+  template <class Dev>
+  static Tensor param_grads(const Tensor& dgx, const SavedIn& sv, const Tensor& dy, const Tensor& cells) {
+    const int64_t G = dgx.size(2), H = G / 4, R = dgx.size(0) * dgx.size(1);
+    constexpr int64_t kRows = 32;  // rows per chunk: fixed, so the sums are the same on any thread count
+    const int64_t chunks = (R + kRows - 1) / kRows;
+    const auto acc = acc_type(dgx.scalar_type());
+    Tensor part = at::empty({chunks, cells::LnParamGrads::kWidth * H}, dgx.options().dtype(acc));
+    const Tensor c = cells.contiguous();
+    Dev::template run<cells::LnParamGrads>(dgx, chunks, H, [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      using A = math::acc_of<S>;
+      return cells::LnParamGrads::Args<S>{ptr<const S>(dgx), ptr<const S>(sv.norm_ih), ptr<const S>(sv.norm_hh),
+                                          ptr<const A>(dy),  ptr<const A>(c),          ptr<const A>(sv.stats),
+                                          ptr<A>(part),      R,                        kRows};
+    });
+    return at::sum(part, {0}).to(dgx.scalar_type());
+  }
+
   template <class Dev>
   static Tensor input_term_grad(const Tensor& dgx, const SavedIn& sv, Grads& g, const Params& p) {
     const int64_t T = dgx.size(0), B = dgx.size(1), G = dgx.size(2);
@@ -192,22 +214,6 @@ struct LayerNormLstmCell : CellBase {
     return da;
   }
 };
-
-// sum over all but the last dimension of a * b, accumulated in A, as [X] in a's dtype; a, b [T, B, X]. In
-// row chunks of acc_chunk_rows: the products of a whole [T, B, 4H] in float32 were three fresh buffers of
-// that size per call (the two float32 copies and their product), first-touched page by page.
-inline Tensor dot_rows(const Tensor& a, const Tensor& b) {
-  const auto acc = acc_type(a.scalar_type());
-  const int64_t X = a.size(-1);
-  const Tensor a2 = a.reshape({-1, X}), b2 = b.reshape({-1, X});
-  const int64_t R = a2.size(0), rows = acc_chunk_rows(X);
-  Tensor sum = at::zeros({X}, a.options().dtype(acc));
-  for (int64_t i = 0; i < R; i += rows) {
-    const int64_t n = std::min(rows, R - i);
-    sum.add_(at::sum(a2.narrow(0, i, n).to(acc) * b2.narrow(0, i, n).to(acc), {0}));
-  }
-  return sum.to(a.scalar_type());
-}
 
 template <class Dev>
 struct LayerNormLstmOps {
@@ -268,24 +274,22 @@ struct LayerNormLstmOps {
     // check_saved runs inside layer_backward before anything reads these; contiguous() only copies.
     auto r = layer_backward<LayerNormLstmCell, Dev>(chk, a, p, grad_output, grad_h_n, grad_c_n, output, gates, cells,
                                                     sv);
-    const Tensor db = sum_rows(r.dgx);
-    const auto acc = acc_type(input.scalar_type());
-    const Tensor& st = sv.stats;
-    const Tensor c_hat = (cells.contiguous() - st.narrow(2, 2, 1)) * st.narrow(2, 3, 1);
-    const Tensor dy = r.grads.dy;
+    const Tensor s = LayerNormLstmCell::param_grads<Dev>(r.dgx, sv, r.grads.dy, cells);
+    const int64_t G = d.G, H = d.H;
+    // Outputs of an op may not alias each other: each its own copy of its slice.
+    const Tensor db = s.narrow(0, 0, G).clone();
     return {r.grad_input,
             r.grad_h0,
             r.grad_c0,
             r.grad_w_ih,
             r.grad_w_hh,
             db,
-            dot_rows(r.dgx, sv.norm_ih),
-            db.clone(),  // outputs of an op may not alias each other
-            dot_rows(r.dgx, sv.norm_hh),
+            s.narrow(0, G, G).clone(),
             db.clone(),
-            at::sum(dy * c_hat, {0, 1}).to(input.scalar_type()),
-            at::sum(dy, {0, 1}).to(input.scalar_type())};
-    (void)acc;
+            s.narrow(0, 2 * G, G).clone(),
+            db.clone(),
+            s.narrow(0, 3 * G, H).clone(),
+            s.narrow(0, 3 * G + H, H).clone()};
   }
   static void register_impls(torch::Library& m) {
     m.impl("layernorm_lstm_forward", &forward);
